@@ -1,0 +1,337 @@
+//! Typed configuration: one TOML file, unknown keys rejected, validated at start-up.
+//!
+//! Owns parsing, defaults and validation, and names the offending key in every error.
+//! It must not open sockets or files other than the config file itself (reachability
+//! belongs to `check`), and it never prints a secret.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// A configuration problem, always naming the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config key `{key}`: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key, reason: reason.into() }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// This site's id: short, stable, unique across the federation.
+    pub site: String,
+    #[serde(default)]
+    pub proxy: ProxyConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
+    pub state: StateConfig,
+    /// Federation; absent means capture-only (staged rollout).
+    pub amqp: Option<AmqpConfig>,
+    #[serde(default)]
+    pub oauth: OauthConfig,
+    #[serde(default)]
+    pub replay: ReplayConfig,
+    #[serde(default)]
+    pub shutdown: ShutdownConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyConfig {
+    pub listen: SocketAddr,
+    /// `http://host:port` of the Config Server.
+    pub upstream: String,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Whole-request timeout towards the upstream (until response headers).
+    #[serde(with = "humantime_secs")]
+    pub upstream_timeout: Duration,
+    /// Idle keep-alive towards the upstream; keep it below the upstream's own.
+    #[serde(with = "humantime_secs")]
+    pub upstream_idle_timeout: Duration,
+    /// Largest body read for a captured route; over it the client gets 413.
+    pub capture_body_limit: usize,
+    /// Peers (CIDR or address) whose `X-Forwarded-For` is believed when recording a guest's address.
+    pub trusted_proxies: Vec<String>,
+    /// Read-only mount of the server's `STORAGE_DIR`, to learn uuid -> deployment of old instances.
+    pub upstream_storage_dir: Option<PathBuf>,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            listen: "0.0.0.0:8443".parse().unwrap(),
+            upstream: "http://127.0.0.1:4567".into(),
+            tls_cert: None,
+            tls_key: None,
+            upstream_timeout: Duration::from_secs(30),
+            upstream_idle_timeout: Duration::from_secs(20),
+            capture_body_limit: 1024 * 1024,
+            trusted_proxies: vec!["127.0.0.0/8".into(), "::1/128".into()],
+            upstream_storage_dir: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig { listen: "127.0.0.1:9464".parse().unwrap() }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateConfig {
+    pub dir: PathBuf,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig { dir: PathBuf::from("/var/lib/audrey-federation") }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SaslMechanism {
+    External,
+    Plain,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AmqpConfig {
+    /// `amqps://host:port` (or `amqp://` with `allow_insecure`).
+    pub url: String,
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    #[serde(default = "default_sasl")]
+    pub sasl: SaslMechanism,
+    pub username: Option<String>,
+    pub password_file: Option<PathBuf>,
+    #[serde(default)]
+    pub allow_insecure: bool,
+    #[serde(default = "default_publish_address")]
+    pub publish_address: String,
+    #[serde(default = "default_routing_key")]
+    pub routing_key_template: String,
+    /// Where this site's inbound changes come from (a durable queue by default).
+    pub subscribe_address: Option<String>,
+    /// `queue` (one durable source) or `per_deployment` (durable subscriptions by link name).
+    #[serde(default)]
+    pub subscribe_mode: SubscribeMode,
+    #[serde(default = "default_backoff_initial", with = "humantime_secs")]
+    pub reconnect_initial: Duration,
+    #[serde(default = "default_backoff_max", with = "humantime_secs")]
+    pub reconnect_max: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SubscribeMode {
+    #[default]
+    Queue,
+    PerDeployment,
+}
+
+fn default_sasl() -> SaslMechanism {
+    SaslMechanism::External
+}
+fn default_publish_address() -> String {
+    "/exchange/amq.topic".into()
+}
+fn default_routing_key() -> String {
+    "audrey.federation.{deployment}".into()
+}
+fn default_backoff_initial() -> Duration {
+    Duration::from_millis(200)
+}
+fn default_backoff_max() -> Duration {
+    Duration::from_secs(30)
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OauthConfig {
+    /// Conductor's consumer key at the local server.
+    pub conductor_key: Option<String>,
+    /// File holding Conductor's consumer secret.
+    pub conductor_secret_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReplayConfig {
+    /// How long a params change waits for its registration before it is dead-lettered.
+    #[serde(with = "humantime_secs")]
+    pub park_ttl: Duration,
+    /// Upper bound of the retry backoff towards the local server.
+    #[serde(with = "humantime_secs")]
+    pub retry_max: Duration,
+}
+
+impl Default for ReplayConfig {
+    fn default() -> Self {
+        ReplayConfig { park_ttl: Duration::from_secs(3600), retry_max: Duration::from_secs(10) }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    #[serde(with = "humantime_secs")]
+    pub drain_timeout: Duration,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig { drain_timeout: Duration::from_secs(20) }
+    }
+}
+
+/// Durations are written as seconds (`30`, `0.5`).
+mod humantime_secs {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let secs = f64::deserialize(d)?;
+        if !secs.is_finite() || secs < 0.0 {
+            return Err(serde::de::Error::custom("expected a non-negative number of seconds"));
+        }
+        Ok(Duration::from_secs_f64(secs))
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and validates config text; `path` is only used in messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().replace('\n', " "),
+        })?;
+        Ok(cfg)
+    }
+
+    /// Checks relations between keys; names the key on failure.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.site.is_empty()
+            || !self.site.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(invalid("site", "must be non-empty ASCII letters, digits, '-' or '_'"));
+        }
+        crate::proxy::upstream::parse_upstream(&self.proxy.upstream)
+            .map_err(|reason| invalid("proxy.upstream", reason))?;
+        match (&self.proxy.tls_cert, &self.proxy.tls_key) {
+            (Some(_), None) => return Err(invalid("proxy.tls_key", "required when proxy.tls_cert is set")),
+            (None, Some(_)) => return Err(invalid("proxy.tls_cert", "required when proxy.tls_key is set")),
+            _ => {}
+        }
+        if self.proxy.capture_body_limit == 0 {
+            return Err(invalid("proxy.capture_body_limit", "must be greater than 0"));
+        }
+        if self.proxy.upstream_timeout.is_zero() {
+            return Err(invalid("proxy.upstream_timeout", "must be greater than 0"));
+        }
+        for p in &self.proxy.trusted_proxies {
+            crate::proxy::forwarded::parse_cidr(p)
+                .map_err(|reason| invalid("proxy.trusted_proxies", format!("{p:?}: {reason}")))?;
+        }
+        if let Some(a) = &self.amqp {
+            a.validate()?;
+        }
+        match (&self.oauth.conductor_key, &self.oauth.conductor_secret_file) {
+            (Some(_), None) => {
+                return Err(invalid("oauth.conductor_secret_file", "required when oauth.conductor_key is set"))
+            }
+            (None, Some(_)) => {
+                return Err(invalid("oauth.conductor_key", "required when oauth.conductor_secret_file is set"))
+            }
+            _ => {}
+        }
+        if self.amqp.is_some() && self.oauth.conductor_key.is_none() {
+            return Err(invalid(
+                "oauth.conductor_key",
+                "required with [amqp]: replayed registrations are signed as Conductor",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl AmqpConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let (scheme, _) = self
+            .url
+            .split_once("://")
+            .ok_or_else(|| invalid("amqp.url", "expected amqps://host:port"))?;
+        match scheme {
+            "amqps" => {}
+            "amqp" if self.allow_insecure => {}
+            "amqp" => {
+                return Err(invalid(
+                    "amqp.url",
+                    "plain amqp:// is refused; use amqps:// or set amqp.allow_insecure = true",
+                ))
+            }
+            other => return Err(invalid("amqp.url", format!("unknown scheme {other:?}"))),
+        }
+        if scheme == "amqps" && self.ca.is_none() {
+            return Err(invalid("amqp.ca", "required with amqps://"));
+        }
+        if self.sasl == SaslMechanism::External {
+            if self.cert.is_none() {
+                return Err(invalid("amqp.cert", "required with sasl = \"external\""));
+            }
+            if self.key.is_none() {
+                return Err(invalid("amqp.key", "required with sasl = \"external\""));
+            }
+            if scheme != "amqps" {
+                return Err(invalid("amqp.sasl", "external needs amqps:// (identity comes from the certificate)"));
+            }
+        }
+        if self.cert.is_some() != self.key.is_some() {
+            return Err(invalid("amqp.key", "amqp.cert and amqp.key go together"));
+        }
+        if self.sasl == SaslMechanism::Plain && (self.username.is_none() || self.password_file.is_none()) {
+            return Err(invalid("amqp.username", "sasl = \"plain\" needs amqp.username and amqp.password_file"));
+        }
+        if !self.routing_key_template.contains("{deployment}") {
+            return Err(invalid("amqp.routing_key_template", "must contain {deployment}"));
+        }
+        if self.reconnect_initial.is_zero() || self.reconnect_max < self.reconnect_initial {
+            return Err(invalid("amqp.reconnect_max", "must be >= amqp.reconnect_initial > 0"));
+        }
+        Ok(())
+    }
+
+    /// The routing key (subject) for a deployment.
+    pub fn routing_key(&self, deployment: &str) -> String {
+        self.routing_key_template.replace("{deployment}", deployment)
+    }
+}

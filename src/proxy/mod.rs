@@ -1,0 +1,3 @@
+//! The transparent reverse proxy.
+pub mod forwarded;
+pub mod upstream;
