@@ -1,3 +1,141 @@
-//! The transparent reverse proxy.
+//! The transparent reverse proxy in front of the Config Server.
+//!
+//! Owns forwarding one request to the one upstream and handing each successful
+//! capturing request to the capture step before the client sees the answer. It must not
+//! wait on the broker (it only appends to the outbox) and must not change anything the
+//! upstream answered beyond hop-by-hop headers.
+
+pub mod capture;
+pub mod error;
 pub mod forwarded;
+pub mod headers;
 pub mod upstream;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::header::{HeaderValue, CONTENT_LENGTH, EXPECT, HOST};
+use http::{Request, Response, Uri, Version};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+
+use crate::body::{boxed, ProxyBody};
+use crate::capture::route::{classify, route_class};
+use crate::config::ProxyConfig;
+use crate::serve::Peer;
+use crate::store::Store;
+use error::ProxyError;
+use forwarded::TrustedProxies;
+
+/// Shared state of the proxy listener.
+pub struct Proxy {
+    client: Client<HttpConnector, ProxyBody>,
+    upstream: http::uri::Authority,
+    upstream_url: String,
+    timeout: Duration,
+    body_limit: usize,
+    trusted: TrustedProxies,
+    store: Store,
+}
+
+impl Proxy {
+    pub fn new(cfg: &ProxyConfig, store: Store) -> Result<Arc<Proxy>, String> {
+        let upstream = upstream::parse_upstream(&cfg.upstream)?;
+        Ok(Arc::new(Proxy {
+            client: upstream::client(cfg.upstream_idle_timeout),
+            upstream_url: format!("http://{upstream}"),
+            upstream,
+            timeout: cfg.upstream_timeout,
+            body_limit: cfg.capture_body_limit,
+            trusted: TrustedProxies::new(&cfg.trusted_proxies),
+            store,
+        }))
+    }
+
+    /// Forwards one request; never fails (errors become 4xx/5xx answers).
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        peer: Peer,
+    ) -> Response<ProxyBody> {
+        let started = Instant::now();
+        let class = route_class(req.uri().path());
+        let resp = match self.forward(req, peer).await {
+            Ok(resp) => resp,
+            Err(e) => e.into_response(&self.upstream_url),
+        };
+        crate::metrics::proxy_request(class.as_str(), resp.status(), started.elapsed());
+        resp
+    }
+
+    async fn forward(
+        &self,
+        req: Request<Incoming>,
+        peer: Peer,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let (mut parts, body) = req.into_parts();
+        let route = classify(&parts.method, parts.uri.path());
+        let client_addr = self
+            .trusted
+            .client_addr(peer.addr.ip(), headers::forwarded_for(&parts.headers));
+
+        headers::strip_hop_by_hop(&mut parts.headers);
+        // We answer `Expect: 100-continue` ourselves (hyper does when the body is read).
+        parts.headers.remove(EXPECT);
+        // HTTP/2 clients send :authority instead of Host; the server signs over Host.
+        if !parts.headers.contains_key(HOST) {
+            if let Some(v) = parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            {
+                parts.headers.insert(HOST, v);
+            }
+        }
+        headers::add_forwarded(&mut parts.headers, peer.addr.ip(), peer.tls);
+        parts.uri = self.upstream_uri(&parts.uri)?;
+        parts.version = Version::HTTP_11;
+
+        let (body, pending) = if capture::is_captured(&route) {
+            let declared = parts
+                .headers
+                .get(CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+            let bytes = capture::read_body(body, declared, self.body_limit).await?;
+            let pending = capture::prepare(&route, &bytes, client_addr);
+            (crate::body::full(bytes), pending)
+        } else {
+            (boxed(body), None)
+        };
+
+        let upstream_req = Request::from_parts(parts, body);
+        let resp = match tokio::time::timeout(self.timeout, self.client.request(upstream_req)).await
+        {
+            Err(_) => return Err(ProxyError::Timeout(self.timeout)),
+            Ok(Err(e)) => return Err(ProxyError::Upstream(e)),
+            Ok(Ok(resp)) => resp,
+        };
+
+        if let Some(c) = pending {
+            if capture::captures_status(&route, resp.status()) {
+                capture::commit(&self.store, c).await?;
+            } else {
+                crate::metrics::capture_skipped("upstream_status");
+            }
+        }
+
+        let (mut parts, body) = resp.into_parts();
+        headers::strip_hop_by_hop(&mut parts.headers);
+        Ok(Response::from_parts(parts, boxed(body)))
+    }
+
+    fn upstream_uri(&self, uri: &Uri) -> Result<Uri, ProxyError> {
+        let pq = uri.path_and_query().map(|pq| pq.as_str()).unwrap_or("/");
+        Uri::builder()
+            .scheme("http")
+            .authority(self.upstream.clone())
+            .path_and_query(pq)
+            .build()
+            .map_err(|e| ProxyError::BadRequest(format!("cannot rebuild request target: {e}")))
+    }
+}

@@ -1,0 +1,114 @@
+//! Metric names, help texts, buckets and the small recording helpers the rest of the
+//! crate calls.
+//!
+//! Owns every metric name (one place, Prometheus conventions: base units, `_total`,
+//! `_seconds`, no unbounded labels — never an instance or deployment id). It must not
+//! render or serve metrics; `admin.rs` does.
+
+use std::time::Duration;
+
+use http::StatusCode;
+use metrics::{
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit,
+};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const PROXY_REQUESTS: &str = "audrey_federation_proxy_requests_total";
+pub const PROXY_DURATION: &str = "audrey_federation_proxy_request_duration_seconds";
+pub const CAPTURED: &str = "audrey_federation_captured_total";
+pub const CAPTURE_SKIPPED: &str = "audrey_federation_capture_skipped_total";
+pub const CAPTURE_UNKNOWN_DEPLOYMENT: &str = "audrey_federation_capture_unknown_deployment_total";
+pub const OUTBOX_WRITE_ERRORS: &str = "audrey_federation_outbox_write_errors_total";
+pub const OUTBOX_PENDING: &str = "audrey_federation_outbox_pending";
+pub const OUTBOX_OLDEST_AGE: &str = "audrey_federation_outbox_oldest_age_seconds";
+pub const BUILD_INFO: &str = "audrey_federation_build_info";
+
+/// Latency buckets (seconds) for proxied requests: sub-millisecond to the 30 s timeout.
+const REQUEST_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Installs the global Prometheus recorder and describes every metric.
+pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Full(PROXY_DURATION.into()), REQUEST_BUCKETS)?
+        .install_recorder()?;
+    describe();
+    Ok(handle)
+}
+
+fn describe() {
+    describe_counter!(
+        PROXY_REQUESTS,
+        "Requests proxied, by route class and status class."
+    );
+    describe_histogram!(
+        PROXY_DURATION,
+        Unit::Seconds,
+        "Time from request received to response headers sent."
+    );
+    describe_counter!(
+        CAPTURED,
+        "Changes recorded durably in the outbox, by event kind."
+    );
+    describe_counter!(
+        CAPTURE_SKIPPED,
+        "Requests on capturing routes that produced no change, by reason."
+    );
+    describe_counter!(
+        CAPTURE_UNKNOWN_DEPLOYMENT,
+        "Params changes captured for an instance whose deployment is unknown."
+    );
+    describe_counter!(
+        OUTBOX_WRITE_ERRORS,
+        "Outbox appends that failed (the client got 503)."
+    );
+    describe_gauge!(
+        OUTBOX_PENDING,
+        "Changes in the outbox not yet accepted by the broker."
+    );
+    describe_gauge!(
+        OUTBOX_OLDEST_AGE,
+        Unit::Seconds,
+        "Age of the oldest change waiting in the outbox."
+    );
+    describe_gauge!(BUILD_INFO, "Always 1; labels carry the version.");
+    gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+}
+
+fn status_class(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+pub fn proxy_request(route: &'static str, status: StatusCode, elapsed: Duration) {
+    counter!(PROXY_REQUESTS, "route" => route, "status_class" => status_class(status)).increment(1);
+    histogram!(PROXY_DURATION, "route" => route).record(elapsed.as_secs_f64());
+}
+
+pub fn captured(kind: &'static str) {
+    counter!(CAPTURED, "kind" => kind).increment(1);
+}
+
+pub fn capture_skipped(reason: &'static str) {
+    counter!(CAPTURE_SKIPPED, "reason" => reason).increment(1);
+}
+
+pub fn capture_unknown_deployment() {
+    counter!(CAPTURE_UNKNOWN_DEPLOYMENT).increment(1);
+}
+
+pub fn outbox_write_error() {
+    counter!(OUTBOX_WRITE_ERRORS).increment(1);
+}
+
+/// Refreshes the outbox gauges (called by the admin listener before each scrape).
+pub fn outbox_state(pending: u64, oldest_age: Option<Duration>) {
+    gauge!(OUTBOX_PENDING).set(pending as f64);
+    gauge!(OUTBOX_OLDEST_AGE).set(oldest_age.map_or(0.0, |d| d.as_secs_f64()));
+}
