@@ -93,7 +93,7 @@ impl Overrides {
 }
 
 fn load(
-    path: &PathBuf,
+    path: &std::path::Path,
     overrides: Overrides,
 ) -> Result<Config, audrey_federation::config::ConfigError> {
     let mut cfg = Config::load(path)?;
