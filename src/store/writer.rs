@@ -114,10 +114,10 @@ fn run(shared: &Shared, mut rx: mpsc::Receiver<Request>) {
                 .take();
             let result = match db.map(Database::close) {
                 Some(Err(e)) => Err(StoreError::write(e)),
-                _ => Ok(Value::Unit),
+                _ => Ok(()),
             };
             for req in closers {
-                let _ = req.reply.send(result.clone().map(|_| Value::Unit));
+                let _ = req.reply.send(result.clone().map(|()| Value::Unit));
             }
             // Requests still queued are dropped: their callers see `StoreError::Closed`.
             return;
@@ -132,17 +132,6 @@ fn run(shared: &Shared, mut rx: mpsc::Receiver<Request>) {
             .unwrap_or_else(PoisonError::into_inner)
             .take(),
     );
-}
-
-impl Clone for Value {
-    fn clone(&self) -> Self {
-        match self {
-            Value::Change(c) => Value::Change(c.clone()),
-            Value::Flag(f) => Value::Flag(*f),
-            Value::Count(n) => Value::Count(*n),
-            Value::Unit => Value::Unit,
-        }
-    }
 }
 
 /// Apply one batch: reopen if needed, run every op in one transaction, commit durably,
