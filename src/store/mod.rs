@@ -38,6 +38,15 @@ pub struct Store {
     tx: mpsc::Sender<Request>,
 }
 
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("site", &self.shared.site)
+            .field("path", &self.shared.path)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Counters for tests and metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StoreStats {
@@ -136,7 +145,8 @@ impl Store {
 
     /// Finish queued writes, close the file and stop the writer. Later calls on any clone
     /// fail with `StoreError::Closed`. Resolves once the file is closed, so it can be
-    /// reopened at once.
+    /// reopened at once. (Dropping every handle also closes it, but later, on the writer
+    /// thread: a reopen in the same process right after a drop may find it still open.)
     pub async fn close(&self) -> Result<(), StoreError> {
         match self.submit(Op::Close).await {
             Err(StoreError::Closed) => Ok(()),

@@ -197,11 +197,17 @@ impl Store {
         instance: &str,
         deployment: &str,
     ) -> Result<bool, StoreError> {
-        let op = Op::LearnDeployment {
-            instance: instance.to_owned(),
-            deployment: deployment.to_owned(),
-        };
-        flag(self.submit(op).await?)
+        let pair = (instance.to_owned(), deployment.to_owned());
+        Ok(self.learn_deployments(vec![pair]).await? == 1)
+    }
+
+    /// Many `(instance, deployment)` pairs in one durable write (the start-up scan of the
+    /// server's storage dir). Never overwrites; answers how many were new.
+    pub async fn learn_deployments(&self, pairs: Vec<(String, String)>) -> Result<u64, StoreError> {
+        match self.submit(Op::LearnDeployments(pairs)).await? {
+            Value::Count(n) => Ok(n),
+            _ => Err(StoreError::Closed),
+        }
     }
 
     /// Move an outbox entry to the outbound dead-letter table (kept, counted).

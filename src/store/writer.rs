@@ -29,10 +29,8 @@ const CACHE_BYTES: usize = 32 * 1024 * 1024;
 pub(crate) enum Op {
     Append(Box<Capture>),
     MarkDelivered(u64),
-    LearnDeployment {
-        instance: String,
-        deployment: String,
-    },
+    /// `(instance, deployment)` pairs.
+    LearnDeployments(Vec<(String, String)>),
     DeadLetterOutbound {
         origin_seq: u64,
         reason: String,
@@ -218,10 +216,13 @@ fn apply(txn: &WriteTransaction, shared: &Shared, op: &Op) -> Result<Value, Stor
     Ok(match op {
         Op::Append(capture) => Value::Change(Box::new(outbox::append(txn, &shared.site, capture)?)),
         Op::MarkDelivered(seq) => Value::Flag(outbox::mark_delivered(txn, *seq)?),
-        Op::LearnDeployment {
-            instance,
-            deployment,
-        } => Value::Flag(outbox::learn_deployment(txn, instance, deployment)?),
+        Op::LearnDeployments(pairs) => {
+            let mut learnt = 0;
+            for (instance, deployment) in pairs {
+                learnt += u64::from(outbox::learn_deployment(txn, instance, deployment)?);
+            }
+            Value::Count(learnt)
+        }
         Op::DeadLetterOutbound { origin_seq, reason } => {
             Value::Flag(outbox::dead_letter(txn, *origin_seq, reason)?)
         }
