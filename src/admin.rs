@@ -62,11 +62,10 @@ impl Admin {
                 "upstream {target} did not accept a connection within 2s"
             )),
         }
-        let store = self.store.clone();
-        match tokio::task::spawn_blocking(move || store.probe_writable()).await {
+        match tokio::time::timeout(Duration::from_secs(5), self.store.probe_writable()).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => problems.push(format!("outbox not writable: {e}")),
-            Err(e) => problems.push(format!("outbox probe failed: {e}")),
+            Err(_) => problems.push("outbox write probe did not finish within 5s".to_string()),
         }
         if problems.is_empty() {
             text(StatusCode::OK, "ready\n")
