@@ -1,0 +1,378 @@
+//! The versioned wire format of a [`Change`]: what goes on the broker, broker-neutral.
+//!
+//! Owns [`WireMessage`] (message id, subject, creation time, content type, durability,
+//! application properties, body), [`encode`], [`decode`] and the routing key / subject
+//! template. It must not import fe2o3-amqp or any broker client: the AMQP module converts a
+//! [`WireMessage`] to and from an AMQP 1.0 message. `docs/wire-format.md` is the spec; keep
+//! the two in step. Decoding never panics, whatever the input.
+
+mod body;
+
+use std::collections::HashMap;
+
+use body::BodyV1;
+
+use crate::change::Change;
+
+/// The `audrey_format` this build writes and reads.
+pub const FORMAT_VERSION: u8 = 1;
+/// Content type of the body.
+pub const CONTENT_TYPE: &str = "application/json";
+/// Placeholder replaced in the routing key template.
+pub const DEPLOYMENT_PLACEHOLDER: &str = "{deployment}";
+
+/// Application property names.
+pub mod prop {
+    pub const AUDREY_FORMAT: &str = "audrey_format";
+    pub const EVENT_KIND: &str = "event_kind";
+    pub const ORIGIN_SITE: &str = "origin_site";
+    pub const DEPLOYMENT: &str = "deployment";
+    pub const INSTANCE: &str = "instance";
+    pub const API_VERSION: &str = "api_version";
+    pub const INSTANCE_SEQ: &str = "instance_seq";
+    pub const ORIGIN_SEQ: &str = "origin_seq";
+    pub const CLIENT_ADDR: &str = "client_addr";
+}
+
+/// Event kinds of version 1. `heartbeat` is reserved for a later, skippable kind.
+pub const EVENT_KINDS: [&str; 3] = ["params", "registration", "deletion"];
+
+/// A broker-neutral message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WireMessage {
+    /// `<origin_site>:<origin_seq>`, unique across the federation.
+    pub message_id: String,
+    /// The routing key (see [`routing_key`]); consumers may not see it.
+    pub subject: String,
+    /// Capture time, milliseconds since the Unix epoch (informational).
+    pub creation_time_ms: u64,
+    pub content_type: String,
+    /// Always true when encoded: changes must survive a broker restart.
+    pub durable: bool,
+    /// Application properties, in a stable order; names are unique.
+    pub properties: Vec<(String, WireValue)>,
+    pub body: Vec<u8>,
+}
+
+/// An application property value. AMQP 1.0 types: `string`, `ulong`, `ubyte`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WireValue {
+    Str(String),
+    U64(u64),
+    U8(u8),
+    /// A value of a type this format never writes, named by its type (for error messages).
+    Unsupported(String),
+}
+
+impl WireValue {
+    fn type_name(&self) -> String {
+        match self {
+            WireValue::Str(_) => "string".into(),
+            WireValue::U64(_) => "ulong".into(),
+            WireValue::U8(_) => "ubyte".into(),
+            WireValue::Unsupported(t) => shorten(t),
+        }
+    }
+
+    fn as_uint(&self) -> Option<u64> {
+        match self {
+            WireValue::U64(v) => Some(*v),
+            WireValue::U8(v) => Some(u64::from(*v)),
+            _ => None,
+        }
+    }
+}
+
+/// Why a message is not a change this build can replay.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    /// `None`: no `audrey_format`, or not an unsigned integer.
+    #[error("{}", unsupported(.0))]
+    UnsupportedVersion(Option<u64>),
+    #[error("message property `{0}` is missing")]
+    MissingProperty(&'static str),
+    #[error("message property `{name}` must be a {expected}, found a {found}")]
+    PropertyType {
+        name: &'static str,
+        expected: &'static str,
+        found: String,
+    },
+    #[error("message property `{0}` appears more than once")]
+    DuplicateProperty(String),
+    #[error("content type is {0:?}, expected \"application/json\"")]
+    ContentType(String),
+    #[error("unknown event_kind {0:?} (audrey_format 1 knows params, registration, deletion)")]
+    UnknownKind(String),
+    #[error("body is not an audrey_format 1 JSON document: {0}")]
+    Body(String),
+    #[error("`{field}` is {properties} in the message but {body} in the body")]
+    Mismatch {
+        field: &'static str,
+        properties: String,
+        body: String,
+    },
+    #[error("invalid change: {0}")]
+    Invalid(String),
+}
+
+fn unsupported(v: &Option<u64>) -> String {
+    match v {
+        None => format!(
+            "message has no usable audrey_format property (an unsigned integer); \
+             this build reads audrey_format {FORMAT_VERSION}"
+        ),
+        Some(v) => format!(
+            "audrey_format {v} is not supported; this build reads audrey_format {FORMAT_VERSION} \
+             (a newer sidecar wrote it: upgrade this site)"
+        ),
+    }
+}
+
+impl WireError {
+    /// Stable label value for metrics.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            WireError::UnsupportedVersion(_) => "unsupported_version",
+            WireError::MissingProperty(_) => "missing_property",
+            WireError::PropertyType { .. } => "property_type",
+            WireError::DuplicateProperty(_) => "duplicate_property",
+            WireError::ContentType(_) => "content_type",
+            WireError::UnknownKind(_) => "unknown_kind",
+            WireError::Body(_) => "bad_body",
+            WireError::Mismatch { .. } => "mismatch",
+            WireError::Invalid(_) => "invalid",
+        }
+    }
+}
+
+/// The routing key (AMQP `subject`) of a deployment: `template` with every `{deployment}`
+/// replaced, e.g. `audrey.federation.{deployment}` gives `audrey.federation.D1`.
+pub fn routing_key(template: &str, deployment: &str) -> String {
+    template.replace(DEPLOYMENT_PLACEHOLDER, deployment)
+}
+
+/// Encodes a change. `subject` is the routing key (see [`routing_key`]).
+pub fn encode(change: &Change, subject: &str) -> WireMessage {
+    let body = BodyV1::from(change);
+    let kind = body.event.kind();
+    let mut properties = vec![
+        (
+            prop::AUDREY_FORMAT.to_owned(),
+            WireValue::U8(FORMAT_VERSION),
+        ),
+        (prop::EVENT_KIND.to_owned(), WireValue::Str(kind.to_owned())),
+        (
+            prop::ORIGIN_SITE.to_owned(),
+            WireValue::Str(change.origin_site.clone()),
+        ),
+    ];
+    let optional = [
+        (prop::DEPLOYMENT, &change.deployment),
+        (prop::INSTANCE, &change.instance),
+    ];
+    for (name, value) in optional {
+        if let Some(v) = value {
+            properties.push((name.to_owned(), WireValue::Str(v.clone())));
+        }
+    }
+    properties.extend([
+        (
+            prop::API_VERSION.to_owned(),
+            WireValue::U8(change.api_version),
+        ),
+        (
+            prop::INSTANCE_SEQ.to_owned(),
+            WireValue::U64(change.instance_seq),
+        ),
+        (
+            prop::ORIGIN_SEQ.to_owned(),
+            WireValue::U64(change.origin_seq),
+        ),
+    ]);
+    if let Some(addr) = &change.client_addr {
+        properties.push((prop::CLIENT_ADDR.to_owned(), WireValue::Str(addr.clone())));
+    }
+    WireMessage {
+        message_id: change.message_id(),
+        subject: subject.to_owned(),
+        creation_time_ms: change.captured_at_ms,
+        content_type: CONTENT_TYPE.to_owned(),
+        durable: true,
+        properties,
+        // Serialising plain strings, integers and booleans cannot fail.
+        body: serde_json::to_vec(&body).expect("the wire body always serialises"),
+    }
+}
+
+/// Decodes and checks a message: version first, then properties, body, and their agreement.
+pub fn decode(msg: &WireMessage) -> Result<Change, WireError> {
+    let props = Props::index(&msg.properties)?;
+    match props.get(prop::AUDREY_FORMAT).map(WireValue::as_uint) {
+        Some(Some(v)) if v == u64::from(FORMAT_VERSION) => {}
+        Some(found) => return Err(WireError::UnsupportedVersion(found)),
+        None => return Err(WireError::UnsupportedVersion(None)),
+    }
+    let media_type = msg
+        .content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim();
+    if !media_type.eq_ignore_ascii_case(CONTENT_TYPE) {
+        return Err(WireError::ContentType(shorten(&msg.content_type)));
+    }
+    let kind = props
+        .string(prop::EVENT_KIND)?
+        .ok_or(WireError::MissingProperty(prop::EVENT_KIND))?;
+    if !EVENT_KINDS.contains(&kind) {
+        return Err(WireError::UnknownKind(shorten(kind)));
+    }
+    let origin_site = props
+        .string(prop::ORIGIN_SITE)?
+        .ok_or(WireError::MissingProperty(prop::ORIGIN_SITE))?;
+    let origin_seq = props.uint(prop::ORIGIN_SEQ)?;
+    let instance_seq = props.uint(prop::INSTANCE_SEQ)?;
+    let api_version = props.uint(prop::API_VERSION)?;
+    let deployment = props.string(prop::DEPLOYMENT)?;
+    let instance = props.string(prop::INSTANCE)?;
+    let client_addr = props.string(prop::CLIENT_ADDR)?;
+
+    let body: BodyV1 =
+        serde_json::from_slice(&msg.body).map_err(|e| WireError::Body(shorten(&e.to_string())))?;
+    agree(
+        "audrey_format",
+        &u64::from(FORMAT_VERSION),
+        &body.audrey_format,
+    )?;
+    agree("event_kind", &kind, &body.event.kind())?;
+    agree("origin_site", &origin_site, &body.origin_site.as_str())?;
+    agree("origin_seq", &origin_seq, &body.origin_seq)?;
+    agree("instance_seq", &instance_seq, &body.instance_seq)?;
+    agree("api_version", &api_version, &u64::from(body.api_version))?;
+    agree("deployment", &deployment, &body.deployment.as_deref())?;
+    agree("instance", &instance, &body.instance.as_deref())?;
+    agree("client_addr", &client_addr, &body.client_addr.as_deref())?;
+    let change = Change::from(body);
+    agree(
+        "message_id",
+        &msg.message_id.as_str(),
+        &change.message_id().as_str(),
+    )?;
+    validate(&change)?;
+    Ok(change)
+}
+
+/// What a replay relies on, beyond agreement.
+fn validate(c: &Change) -> Result<(), WireError> {
+    use crate::change::Event;
+    let invalid = |m: &str| Err(WireError::Invalid(m.to_owned()));
+    if c.origin_site.is_empty() {
+        return invalid("origin_site is empty");
+    }
+    if !(1..=2).contains(&c.api_version) {
+        return Err(WireError::Invalid(format!(
+            "api_version {} is not 1 or 2",
+            c.api_version
+        )));
+    }
+    let needs_instance = !matches!(c.event, Event::Deletion);
+    let needs_deployment = !matches!(c.event, Event::Params { .. });
+    if needs_instance && c.instance.as_deref().is_none_or(str::is_empty) {
+        return Err(WireError::Invalid(format!(
+            "a {} change needs an instance",
+            c.event.kind()
+        )));
+    }
+    if needs_deployment && c.deployment.as_deref().is_none_or(str::is_empty) {
+        return Err(WireError::Invalid(format!(
+            "a {} change needs a deployment",
+            c.event.kind()
+        )));
+    }
+    Ok(())
+}
+
+fn agree<T: PartialEq + Shown>(field: &'static str, props: &T, body: &T) -> Result<(), WireError> {
+    if props == body {
+        return Ok(());
+    }
+    Err(WireError::Mismatch {
+        field,
+        properties: props.shown(),
+        body: body.shown(),
+    })
+}
+
+/// How a value reads in a mismatch message.
+trait Shown {
+    fn shown(&self) -> String;
+}
+
+impl Shown for u64 {
+    fn shown(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl Shown for &str {
+    fn shown(&self) -> String {
+        format!("{:?}", shorten(self))
+    }
+}
+
+impl Shown for Option<&str> {
+    fn shown(&self) -> String {
+        self.map_or_else(|| "absent".to_owned(), |s| s.shown())
+    }
+}
+
+/// Application properties by name, duplicates refused.
+struct Props<'a>(HashMap<&'a str, &'a WireValue>);
+
+impl<'a> Props<'a> {
+    fn index(list: &'a [(String, WireValue)]) -> Result<Self, WireError> {
+        let mut map = HashMap::with_capacity(list.len());
+        for (name, value) in list {
+            if map.insert(name.as_str(), value).is_some() {
+                return Err(WireError::DuplicateProperty(shorten(name)));
+            }
+        }
+        Ok(Props(map))
+    }
+
+    fn get(&self, name: &str) -> Option<&'a WireValue> {
+        self.0.get(name).copied()
+    }
+
+    fn string(&self, name: &'static str) -> Result<Option<&'a str>, WireError> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(WireValue::Str(s)) => Ok(Some(s.as_str())),
+            Some(other) => Err(WireError::PropertyType {
+                name,
+                expected: "string",
+                found: other.type_name(),
+            }),
+        }
+    }
+
+    fn uint(&self, name: &'static str) -> Result<u64, WireError> {
+        let value = self.get(name).ok_or(WireError::MissingProperty(name))?;
+        value.as_uint().ok_or_else(|| WireError::PropertyType {
+            name,
+            expected: "ulong or ubyte",
+            found: value.type_name(),
+        })
+    }
+}
+
+/// At most 64 characters of hostile text in an error message.
+fn shorten(s: &str) -> String {
+    match s.char_indices().nth(64) {
+        Some((cut, _)) => format!("{}...", &s[..cut]),
+        None => s.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests;
