@@ -14,11 +14,6 @@ use crate::capture::route::Route;
 use crate::change::{now_ms, Capture};
 use crate::store::Store;
 
-/// True for the routes whose successful answers are changes to federate.
-pub fn is_captured(route: &Route) -> bool {
-    !matches!(route, Route::Other)
-}
-
 /// Which upstream statuses mean the change happened.
 pub fn captures_status(route: &Route, status: StatusCode) -> bool {
     match route {

@@ -96,7 +96,7 @@ impl Proxy {
         parts.uri = self.upstream_uri(&parts.uri)?;
         parts.version = Version::HTTP_11;
 
-        let (body, pending) = if capture::is_captured(&route) {
+        let (body, pending) = if route.is_capturing() {
             let declared = parts
                 .headers
                 .get(CONTENT_LENGTH)

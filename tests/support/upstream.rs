@@ -12,7 +12,7 @@ use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
-/// Answers every request with 200 and headers describing it: `x-echo-method`,
+/// Answers every request with 200 (or the status in `x-echo-status`) and headers describing it: `x-echo-method`,
 /// `x-echo-uri`, `x-echo-host`, `x-echo-xff`, `x-echo-xfp`, `x-echo-bytes` (body length,
 /// counted while streaming, never buffered), `x-echo-headers` (request header names).
 /// The response also carries hop-by-hop headers that a proxy must remove.
@@ -35,8 +35,13 @@ pub async fn echo() -> SocketAddr {
                             .join("|")
                     };
                     let names: Vec<String> = req.headers().keys().map(|k| k.to_string()).collect();
+                    let status: u16 = req
+                        .headers()
+                        .get("x-echo-status")
+                        .and_then(|v| v.to_str().ok()?.parse().ok())
+                        .unwrap_or(200);
                     let mut resp = Response::builder()
-                        .status(200)
+                        .status(status)
                         .header("x-echo-method", req.method().as_str())
                         .header("x-echo-uri", req.uri().to_string())
                         .header("x-echo-host", h("host"))
