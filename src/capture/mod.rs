@@ -65,6 +65,13 @@ impl NotCaptured {
 /// - `DeleteDeployment`: the body is ignored.
 ///
 /// `client_addr` is the guest's address as the server records it; `now_ms` the capture time.
+///
+/// `audrey_data` is read lossily as UTF-8: an invalid byte becomes U+FFFD, which the server's
+/// base64 decoder skips just as it skips the byte, and a name with an invalid byte matches no
+/// parameter either way, so a verbatim replay has the same effect. The instance-config must be
+/// UTF-8 ([`NotCaptured::DataNotUtf8`]): it is replayed verbatim and a lossy copy would differ.
+/// Only the body is read: a field the server also honours from the query string or from a
+/// multipart body is not seen here.
 pub fn capture_from(
     route: &Route,
     body: &[u8],
