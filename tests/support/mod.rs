@@ -1,0 +1,5 @@
+//! Shared test harness: builders for the real broker and the development PKI.
+#![allow(dead_code)]
+
+pub mod broker;
+pub mod certs;
