@@ -1,1 +1,12 @@
-//! (stub)
+//! The AMQP 1.0 boundary: connecting to the broker over mutual TLS, and reconnect pacing.
+//!
+//! Architecture invariant: **only `src/amqp` imports fe2o3-amqp** (and `serde_amqp`); the rest of
+//! the crate sees plain Rust types and [`AmqpError`]. Broker addresses are configuration, never
+//! hard-coded broker-specific forms. This module must not touch the outbox or the HTTP path.
+
+pub mod backoff;
+pub mod connection;
+mod sasl;
+
+pub use backoff::Backoff;
+pub use connection::{connect, AmqpError, Endpoint};
