@@ -39,20 +39,29 @@ pub enum AmqpError {
     #[error("plain amqp:// is refused without amqp.allow_insecure = true")]
     InsecureRefused,
     #[error("amqp.{key} is required for this connection: {reason}")]
-    Missing { key: &'static str, reason: &'static str },
+    Missing {
+        key: &'static str,
+        reason: &'static str,
+    },
     #[error("cannot use PEM file {path}: {reason}")]
     BadPem { path: PathBuf, reason: String },
     #[error("cannot read amqp.password_file {path}: {source}")]
     PasswordFile { path: PathBuf, source: io::Error },
     #[error("client certificate {cert} and key {key} do not form a usable identity: {reason}")]
-    BadIdentity { cert: PathBuf, key: PathBuf, reason: String },
+    BadIdentity {
+        cert: PathBuf,
+        key: PathBuf,
+        reason: String,
+    },
     #[error("cannot resolve broker host {host:?}: {source}")]
     Resolve { host: String, source: io::Error },
     #[error("connection refused by {addr}: is the broker running and listening there?")]
     ConnectionRefused { addr: String },
     #[error("cannot reach broker {addr}: {source}")]
     Unreachable { addr: String, source: io::Error },
-    #[error("broker requires a client certificate (TLS alert {alert}): set amqp.cert and amqp.key")]
+    #[error(
+        "broker requires a client certificate (TLS alert {alert}): set amqp.cert and amqp.key"
+    )]
     ClientCertificateRequired { alert: String },
     #[error(
         "broker does not trust our client certificate (TLS alert {alert}): it was not issued by a CA the broker trusts"
@@ -63,15 +72,24 @@ pub enum AmqpError {
     #[error("TLS failure with {addr}: {source}")]
     Tls { addr: String, source: rustls::Error },
     #[error("broker does not offer SASL {mechanism} (offered: {offered})")]
-    SaslNotOffered { mechanism: &'static str, offered: String },
-    #[error(
-        "broker refused SASL {mechanism} authentication (outcome {code}): {hint}"
-    )]
-    SaslAuthFailed { mechanism: &'static str, code: &'static str, hint: &'static str },
+    SaslNotOffered {
+        mechanism: &'static str,
+        offered: String,
+    },
+    #[error("broker refused SASL {mechanism} authentication (outcome {code}): {hint}")]
+    SaslAuthFailed {
+        mechanism: &'static str,
+        code: &'static str,
+        hint: &'static str,
+    },
     #[error("SASL protocol error with {addr}: {reason}")]
     SaslProtocol { addr: String, reason: String },
     #[error("connection to {addr} dropped during {stage}: {source}")]
-    Io { addr: String, stage: &'static str, source: io::Error },
+    Io {
+        addr: String,
+        stage: &'static str,
+        source: io::Error,
+    },
     #[error("AMQP open with {addr} failed: {source}")]
     Open { addr: String, source: OpenError },
     #[error("connecting to {addr} timed out after {after:?}")]
@@ -108,8 +126,13 @@ impl Endpoint {
     /// Parses `amqps://host[:port][/]` or `amqp://…` (default ports 5671 / 5672). Credentials
     /// in the URL are refused: secrets belong in files.
     pub fn parse(url: &str) -> Result<Endpoint, AmqpError> {
-        let bad = |reason: &str| AmqpError::BadUrl { url: url.to_owned(), reason: reason.to_owned() };
-        let (scheme, rest) = url.split_once("://").ok_or_else(|| bad("expected amqps://host:port"))?;
+        let bad = |reason: &str| AmqpError::BadUrl {
+            url: url.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let (scheme, rest) = url
+            .split_once("://")
+            .ok_or_else(|| bad("expected amqps://host:port"))?;
         let tls = match scheme {
             "amqps" => true,
             "amqp" => false,
@@ -120,14 +143,21 @@ impl Endpoint {
             return Err(bad("must not carry a path, query or fragment"));
         }
         if authority.contains('@') {
-            return Err(bad("must not carry credentials; use amqp.username and amqp.password_file"));
+            return Err(bad(
+                "must not carry credentials; use amqp.username and amqp.password_file",
+            ));
         }
         let default_port = if tls { 5671 } else { 5672 };
         let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-            let (host, after) = v6.split_once(']').ok_or_else(|| bad("unclosed '[' in host"))?;
+            let (host, after) = v6
+                .split_once(']')
+                .ok_or_else(|| bad("unclosed '[' in host"))?;
             match after {
                 "" => (host, None),
-                p => (host, Some(p.strip_prefix(':').ok_or_else(|| bad("junk after ']'"))?)),
+                p => (
+                    host,
+                    Some(p.strip_prefix(':').ok_or_else(|| bad("junk after ']'"))?),
+                ),
             }
         } else {
             match authority.rsplit_once(':') {
@@ -139,10 +169,18 @@ impl Endpoint {
             return Err(bad("missing host"));
         }
         let port = match port {
-            Some(p) => p.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| bad("bad port"))?,
+            Some(p) => p
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| bad("bad port"))?,
             None => default_port,
         };
-        Ok(Endpoint { tls, host: host.to_owned(), port })
+        Ok(Endpoint {
+            tls,
+            host: host.to_owned(),
+            port,
+        })
     }
 
     fn addr(&self) -> String {
@@ -156,7 +194,10 @@ impl Endpoint {
 
 /// Opens an authenticated AMQP connection as described by `cfg`. Files are read and checked
 /// before any network traffic. Cancel-safe: dropping the future drops the half-open socket.
-pub async fn connect(cfg: &AmqpConfig, container_id: &str) -> Result<ConnectionHandle<()>, AmqpError> {
+pub async fn connect(
+    cfg: &AmqpConfig,
+    container_id: &str,
+) -> Result<ConnectionHandle<()>, AmqpError> {
     let ep = Endpoint::parse(&cfg.url)?;
     if !ep.tls && !cfg.allow_insecure {
         return Err(AmqpError::InsecureRefused);
@@ -167,20 +208,27 @@ pub async fn connect(cfg: &AmqpConfig, container_id: &str) -> Result<ConnectionH
     };
     let mechanism = match (&cfg.sasl, &password) {
         (SaslMechanism::Plain, Some(password)) => {
-            let username = cfg
-                .username
-                .as_deref()
-                .ok_or(AmqpError::Missing { key: "username", reason: "sasl = \"plain\"" })?;
+            let username = cfg.username.as_deref().ok_or(AmqpError::Missing {
+                key: "username",
+                reason: "sasl = \"plain\"",
+            })?;
             Mechanism::Plain { username, password }
         }
         _ => {
             if !ep.tls {
-                return Err(AmqpError::Missing { key: "url", reason: "sasl = \"external\" needs amqps://" });
+                return Err(AmqpError::Missing {
+                    key: "url",
+                    reason: "sasl = \"external\" needs amqps://",
+                });
             }
             Mechanism::External
         }
     };
-    let connector = if ep.tls { Some(tls_connector(cfg)?) } else { None };
+    let connector = if ep.tls {
+        Some(tls_connector(cfg)?)
+    } else {
+        None
+    };
     let has_cert = cfg.cert.is_some();
     let addr = ep.addr();
 
@@ -189,11 +237,15 @@ pub async fn connect(cfg: &AmqpConfig, container_id: &str) -> Result<ConnectionH
         let _ = tcp.set_nodelay(true);
         match connector {
             Some(connector) => {
-                let name = ServerName::try_from(ep.host.clone()).map_err(|_| AmqpError::BadUrl {
-                    url: cfg.url.clone(),
-                    reason: "host is not a valid TLS server name".into(),
-                })?;
-                let tls = connector.connect(name, tcp).await.map_err(|e| classify_io(e, &addr, "TLS handshake", has_cert))?;
+                let name =
+                    ServerName::try_from(ep.host.clone()).map_err(|_| AmqpError::BadUrl {
+                        url: cfg.url.clone(),
+                        reason: "host is not a valid TLS server name".into(),
+                    })?;
+                let tls = connector
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| classify_io(e, &addr, "TLS handshake", has_cert))?;
                 open(tls, &ep, &mechanism, container_id, has_cert).await
             }
             None => open(tcp, &ep, &mechanism, container_id, has_cert).await,
@@ -201,7 +253,10 @@ pub async fn connect(cfg: &AmqpConfig, container_id: &str) -> Result<ConnectionH
     };
     tokio::time::timeout(CONNECT_TIMEOUT, attempt)
         .await
-        .map_err(|_| AmqpError::Timeout { addr: ep.addr(), after: CONNECT_TIMEOUT })?
+        .map_err(|_| AmqpError::Timeout {
+            addr: ep.addr(),
+            after: CONNECT_TIMEOUT,
+        })?
 }
 
 async fn open<Io>(
@@ -244,7 +299,10 @@ where
 async fn tcp_connect(ep: &Endpoint) -> Result<TcpStream, AmqpError> {
     let addrs: Vec<_> = tokio::net::lookup_host((ep.host.as_str(), ep.port))
         .await
-        .map_err(|source| AmqpError::Resolve { host: ep.host.clone(), source })?
+        .map_err(|source| AmqpError::Resolve {
+            host: ep.host.clone(),
+            source,
+        })?
         .collect();
     let mut last = io::Error::new(io::ErrorKind::NotFound, "host resolved to no address");
     for a in addrs {
@@ -255,15 +313,25 @@ async fn tcp_connect(ep: &Endpoint) -> Result<TcpStream, AmqpError> {
     }
     Err(match last.kind() {
         io::ErrorKind::ConnectionRefused => AmqpError::ConnectionRefused { addr: ep.addr() },
-        _ => AmqpError::Unreachable { addr: ep.addr(), source: last },
+        _ => AmqpError::Unreachable {
+            addr: ep.addr(),
+            source: last,
+        },
     })
 }
 
 /// Finds a rustls error inside an I/O error and names it; TLS 1.3 reports the broker's verdict
 /// on our certificate as an alert on the first read after the handshake, hence `stage`.
 fn classify_io(e: io::Error, addr: &str, stage: &'static str, has_cert: bool) -> AmqpError {
-    let Some(tls) = e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) else {
-        return AmqpError::Io { addr: addr.to_owned(), stage, source: e };
+    let Some(tls) = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    else {
+        return AmqpError::Io {
+            addr: addr.to_owned(),
+            stage,
+            source: e,
+        };
     };
     let alert = |a: &AlertDescription| format!("{a:?}");
     match tls {
@@ -282,47 +350,74 @@ fn classify_io(e: io::Error, addr: &str, stage: &'static str, has_cert: bool) ->
             | AlertDescription::CertificateUnknown
             | AlertDescription::AccessDenied),
         ) if has_cert => AmqpError::ClientCertificateRejected { alert: alert(a) },
-        rustls::Error::InvalidCertificate(reason) => {
-            AmqpError::ServerCertificateRejected { reason: format!("{reason:?}") }
-        }
-        other => AmqpError::Tls { addr: addr.to_owned(), source: other.clone() },
+        rustls::Error::InvalidCertificate(reason) => AmqpError::ServerCertificateRejected {
+            reason: format!("{reason:?}"),
+        },
+        other => AmqpError::Tls {
+            addr: addr.to_owned(),
+            source: other.clone(),
+        },
     }
 }
 
 fn read_password(cfg: &AmqpConfig) -> Result<String, AmqpError> {
-    let path = cfg
-        .password_file
-        .as_deref()
-        .ok_or(AmqpError::Missing { key: "password_file", reason: "sasl = \"plain\"" })?;
-    let text = std::fs::read_to_string(path).map_err(|source| AmqpError::PasswordFile { path: path.to_owned(), source })?;
+    let path = cfg.password_file.as_deref().ok_or(AmqpError::Missing {
+        key: "password_file",
+        reason: "sasl = \"plain\"",
+    })?;
+    let text = std::fs::read_to_string(path).map_err(|source| AmqpError::PasswordFile {
+        path: path.to_owned(),
+        source,
+    })?;
     Ok(text.trim_end_matches(['\r', '\n']).to_owned())
 }
 
 /// rustls client config: trusts only `amqp.ca`, presents `amqp.cert`/`amqp.key` if set.
 fn tls_connector(cfg: &AmqpConfig) -> Result<TlsConnector, AmqpError> {
-    let ca = cfg.ca.as_deref().ok_or(AmqpError::Missing { key: "ca", reason: "amqps:// trusts only this CA" })?;
+    let ca = cfg.ca.as_deref().ok_or(AmqpError::Missing {
+        key: "ca",
+        reason: "amqps:// trusts only this CA",
+    })?;
     let mut roots = RootCertStore::empty();
     for cert in load_certs(ca)? {
-        roots.add(cert).map_err(|e| bad_pem(ca, format!("not a usable CA certificate: {e}")))?;
+        roots
+            .add(cert)
+            .map_err(|e| bad_pem(ca, format!("not a usable CA certificate: {e}")))?;
     }
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let builder = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| AmqpError::Tls { addr: cfg.url.clone(), source: e })?
+        .map_err(|e| AmqpError::Tls {
+            addr: cfg.url.clone(),
+            source: e,
+        })?
         .with_root_certificates(roots);
     let config = match (&cfg.cert, &cfg.key) {
         (Some(cert), Some(key)) => {
             let chain = load_certs(cert)?;
-            let private = PrivateKeyDer::from_pem_file(key).map_err(|e| bad_pem(key, pem_reason(e, "PRIVATE KEY")))?;
-            builder.with_client_auth_cert(chain, private).map_err(|e| AmqpError::BadIdentity {
-                cert: cert.clone(),
-                key: key.clone(),
-                reason: e.to_string(),
-            })?
+            let private = PrivateKeyDer::from_pem_file(key)
+                .map_err(|e| bad_pem(key, pem_reason(e, "PRIVATE KEY")))?;
+            builder
+                .with_client_auth_cert(chain, private)
+                .map_err(|e| AmqpError::BadIdentity {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    reason: e.to_string(),
+                })?
         }
         (None, None) => builder.with_no_client_auth(),
-        (Some(_), None) => return Err(AmqpError::Missing { key: "key", reason: "amqp.cert is set" }),
-        (None, Some(_)) => return Err(AmqpError::Missing { key: "cert", reason: "amqp.key is set" }),
+        (Some(_), None) => {
+            return Err(AmqpError::Missing {
+                key: "key",
+                reason: "amqp.cert is set",
+            })
+        }
+        (None, Some(_)) => {
+            return Err(AmqpError::Missing {
+                key: "cert",
+                reason: "amqp.key is set",
+            })
+        }
     };
     Ok(TlsConnector::from(Arc::new(config)))
 }
@@ -339,7 +434,10 @@ fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, AmqpError> {
 }
 
 fn bad_pem(path: &Path, reason: String) -> AmqpError {
-    AmqpError::BadPem { path: path.to_owned(), reason }
+    AmqpError::BadPem {
+        path: path.to_owned(),
+        reason,
+    }
 }
 
 fn pem_reason(e: rustls::pki_types::pem::Error, what: &str) -> String {
@@ -361,11 +459,46 @@ mod tests {
 
     #[test]
     fn parses_hosts_ports_and_defaults() {
-        assert_eq!(ep("amqps://localhost:5999"), Endpoint { tls: true, host: "localhost".into(), port: 5999 });
-        assert_eq!(ep("amqps://broker.example/"), Endpoint { tls: true, host: "broker.example".into(), port: 5671 });
-        assert_eq!(ep("amqp://127.0.0.1"), Endpoint { tls: false, host: "127.0.0.1".into(), port: 5672 });
-        assert_eq!(ep("amqps://[::1]:7"), Endpoint { tls: true, host: "::1".into(), port: 7 });
-        assert_eq!(ep("amqps://[::1]"), Endpoint { tls: true, host: "::1".into(), port: 5671 });
+        assert_eq!(
+            ep("amqps://localhost:5999"),
+            Endpoint {
+                tls: true,
+                host: "localhost".into(),
+                port: 5999
+            }
+        );
+        assert_eq!(
+            ep("amqps://broker.example/"),
+            Endpoint {
+                tls: true,
+                host: "broker.example".into(),
+                port: 5671
+            }
+        );
+        assert_eq!(
+            ep("amqp://127.0.0.1"),
+            Endpoint {
+                tls: false,
+                host: "127.0.0.1".into(),
+                port: 5672
+            }
+        );
+        assert_eq!(
+            ep("amqps://[::1]:7"),
+            Endpoint {
+                tls: true,
+                host: "::1".into(),
+                port: 7
+            }
+        );
+        assert_eq!(
+            ep("amqps://[::1]"),
+            Endpoint {
+                tls: true,
+                host: "::1".into(),
+                port: 5671
+            }
+        );
         assert_eq!(ep("amqps://[::1]:7").addr(), "[::1]:7");
     }
 

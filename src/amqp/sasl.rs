@@ -29,7 +29,10 @@ pub(crate) enum Mechanism<'a> {
     /// Identity from the TLS client certificate; the initial response is empty.
     External,
     /// Username and password (RFC 4616), only sensible inside TLS or on loopback.
-    Plain { username: &'a str, password: &'a str },
+    Plain {
+        username: &'a str,
+        password: &'a str,
+    },
 }
 
 impl Mechanism<'_> {
@@ -64,9 +67,15 @@ pub(crate) enum SaslError {
     /// The peer broke the protocol (wrong header, unexpected frame, undecodable body).
     Protocol(String),
     /// The broker does not offer the mechanism.
-    NotOffered { mechanism: &'static str, offered: Vec<String> },
+    NotOffered {
+        mechanism: &'static str,
+        offered: Vec<String>,
+    },
     /// The broker answered with a non-ok outcome.
-    Refused { mechanism: &'static str, code: SaslCode },
+    Refused {
+        mechanism: &'static str,
+        code: SaslCode,
+    },
 }
 
 impl From<io::Error> for SaslError {
@@ -87,7 +96,11 @@ pub(crate) fn code_name(code: &SaslCode) -> &'static str {
 }
 
 /// Runs the SASL exchange; on success the stream is positioned for the AMQP protocol header.
-pub(crate) async fn negotiate<Io>(io: &mut Io, mechanism: &Mechanism<'_>, hostname: &str) -> Result<(), SaslError>
+pub(crate) async fn negotiate<Io>(
+    io: &mut Io,
+    mechanism: &Mechanism<'_>,
+    hostname: &str,
+) -> Result<(), SaslError>
 where
     Io: AsyncRead + AsyncWrite + Unpin,
 {
@@ -96,15 +109,26 @@ where
     let mut header = [0u8; 8];
     io.read_exact(&mut header).await?;
     if header != SASL_HEADER {
-        return Err(SaslError::Protocol(format!("expected the SASL protocol header, got {}", Hex(&header))));
+        return Err(SaslError::Protocol(format!(
+            "expected the SASL protocol header, got {}",
+            Hex(&header)
+        )));
     }
 
     let offered = match read_frame(io).await? {
-        Frame::Mechanisms(m) => m.sasl_server_mechanisms.0.into_iter().map(Symbol::into_inner).collect::<Vec<_>>(),
+        Frame::Mechanisms(m) => m
+            .sasl_server_mechanisms
+            .0
+            .into_iter()
+            .map(Symbol::into_inner)
+            .collect::<Vec<_>>(),
         other => return Err(unexpected("sasl-mechanisms", &other)),
     };
     if !offered.iter().any(|m| m == mechanism.name()) {
-        return Err(SaslError::NotOffered { mechanism: mechanism.name(), offered });
+        return Err(SaslError::NotOffered {
+            mechanism: mechanism.name(),
+            offered,
+        });
     }
 
     let init = SaslInit {
@@ -116,7 +140,10 @@ where
 
     match read_frame(io).await? {
         Frame::Outcome(o) if matches!(o.code, SaslCode::Ok) => Ok(()),
-        Frame::Outcome(o) => Err(SaslError::Refused { mechanism: mechanism.name(), code: o.code }),
+        Frame::Outcome(o) => Err(SaslError::Refused {
+            mechanism: mechanism.name(),
+            code: o.code,
+        }),
         other => Err(unexpected("sasl-outcome", &other)),
     }
 }
@@ -134,8 +161,10 @@ fn unexpected(wanted: &str, got: &Frame) -> SaslError {
 
 /// Encodes one SASL frame: size, doff = 2, type = 1, channel ignored, body.
 pub(crate) fn encode_frame(frame: &Frame) -> Result<Vec<u8>, SaslError> {
-    let body = serde_amqp::to_vec(frame).map_err(|e| SaslError::Protocol(format!("cannot encode SASL frame: {e}")))?;
-    let size = u32::try_from(body.len() + 8).map_err(|_| SaslError::Protocol("SASL frame too large".into()))?;
+    let body = serde_amqp::to_vec(frame)
+        .map_err(|e| SaslError::Protocol(format!("cannot encode SASL frame: {e}")))?;
+    let size = u32::try_from(body.len() + 8)
+        .map_err(|_| SaslError::Protocol("SASL frame too large".into()))?;
     let mut buf = Vec::with_capacity(body.len() + 8);
     buf.extend_from_slice(&size.to_be_bytes());
     buf.extend_from_slice(&[2, FRAME_TYPE_SASL, 0, 0]);
@@ -146,14 +175,20 @@ pub(crate) fn encode_frame(frame: &Frame) -> Result<Vec<u8>, SaslError> {
 /// Decodes the part of a SASL frame after its 4-byte size; `None` for an empty frame.
 pub(crate) fn decode_frame(rest: &[u8]) -> Result<Option<Frame>, SaslError> {
     let [doff, ftype, _, _, ..] = *rest else {
-        return Err(SaslError::Protocol("SASL frame shorter than its header".into()));
+        return Err(SaslError::Protocol(
+            "SASL frame shorter than its header".into(),
+        ));
     };
     if ftype != FRAME_TYPE_SASL {
-        return Err(SaslError::Protocol(format!("expected a SASL frame, got frame type {ftype:#04x}")));
+        return Err(SaslError::Protocol(format!(
+            "expected a SASL frame, got frame type {ftype:#04x}"
+        )));
     }
     let body_at = usize::from(doff) * 4;
     if doff < 2 || body_at - 4 > rest.len() {
-        return Err(SaslError::Protocol(format!("bad data offset {doff} in SASL frame")));
+        return Err(SaslError::Protocol(format!(
+            "bad data offset {doff} in SASL frame"
+        )));
     }
     let body = &rest[body_at - 4..];
     if body.is_empty() {
@@ -176,7 +211,9 @@ async fn read_frame<Io: AsyncRead + Unpin>(io: &mut Io) -> Result<Frame, SaslErr
         io.read_exact(&mut size).await?;
         let size = u32::from_be_bytes(size) as usize;
         if !(8..=MAX_SASL_FRAME).contains(&size) {
-            return Err(SaslError::Protocol(format!("SASL frame size {size} out of range")));
+            return Err(SaslError::Protocol(format!(
+                "SASL frame size {size} out of range"
+            )));
         }
         let mut rest = vec![0u8; size - 4];
         io.read_exact(&mut rest).await?;
@@ -184,7 +221,9 @@ async fn read_frame<Io: AsyncRead + Unpin>(io: &mut Io) -> Result<Frame, SaslErr
             return Ok(frame);
         }
     }
-    Err(SaslError::Protocol("too many empty frames during SASL".into()))
+    Err(SaslError::Protocol(
+        "too many empty frames during SASL".into(),
+    ))
 }
 
 struct Hex<'a>(&'a [u8]);
@@ -209,7 +248,11 @@ mod tests {
     }
 
     /// A scripted broker: checks what the client sends and answers with `outcome`.
-    async fn run_against(mechanism: Mechanism<'_>, offered: &[&str], outcome: SaslCode) -> (Result<(), SaslError>, Vec<u8>) {
+    async fn run_against(
+        mechanism: Mechanism<'_>,
+        offered: &[&str],
+        outcome: SaslCode,
+    ) -> (Result<(), SaslError>, Vec<u8>) {
         let (mut client, mut server) = tokio::io::duplex(4096);
         let offered: Vec<Symbol> = offered.iter().map(|m| Symbol::from(*m)).collect();
         let server_task = tokio::spawn(async move {
@@ -217,7 +260,9 @@ mod tests {
             server.read_exact(&mut header).await.expect("client header");
             assert_eq!(header, SASL_HEADER);
             server.write_all(&SASL_HEADER).await.expect("write");
-            let mechs = Frame::Mechanisms(SaslMechanisms { sasl_server_mechanisms: Array(offered) });
+            let mechs = Frame::Mechanisms(SaslMechanisms {
+                sasl_server_mechanisms: Array(offered),
+            });
             server.write_all(&server_frame(mechs)).await.expect("write");
             let mut size = [0u8; 4];
             if server.read_exact(&mut size).await.is_err() {
@@ -225,7 +270,10 @@ mod tests {
             }
             let mut rest = vec![0u8; u32::from_be_bytes(size) as usize - 4];
             server.read_exact(&mut rest).await.expect("init body");
-            let out = Frame::Outcome(SaslOutcome { code: outcome, additional_data: None });
+            let out = Frame::Outcome(SaslOutcome {
+                code: outcome,
+                additional_data: None,
+            });
             server.write_all(&server_frame(out)).await.expect("write");
             rest
         });
@@ -244,31 +292,54 @@ mod tests {
 
     #[tokio::test]
     async fn external_sends_an_empty_initial_response() {
-        let (result, init) = run_against(Mechanism::External, &["EXTERNAL", "PLAIN"], SaslCode::Ok).await;
+        let (result, init) =
+            run_against(Mechanism::External, &["EXTERNAL", "PLAIN"], SaslCode::Ok).await;
         assert!(result.is_ok(), "{result:?}");
         let init = decoded_init(&init);
         assert_eq!(init.mechanism.as_str(), "EXTERNAL");
-        assert_eq!(init.initial_response.as_ref().map(|b| b.as_slice()), Some(&[][..]));
+        assert_eq!(
+            init.initial_response.as_ref().map(|b| b.as_slice()),
+            Some(&[][..])
+        );
         assert_eq!(init.hostname.as_deref(), Some("localhost"));
     }
 
     #[tokio::test]
     async fn plain_sends_authzid_user_password() {
-        let mech = Mechanism::Plain { username: "u", password: "p" };
+        let mech = Mechanism::Plain {
+            username: "u",
+            password: "p",
+        };
         let (result, init) = run_against(mech, &["PLAIN"], SaslCode::Ok).await;
         assert!(result.is_ok(), "{result:?}");
-        assert_eq!(decoded_init(&init).initial_response.as_ref().map(|b| b.as_slice()), Some(&b"\0u\0p"[..]));
+        assert_eq!(
+            decoded_init(&init)
+                .initial_response
+                .as_ref()
+                .map(|b| b.as_slice()),
+            Some(&b"\0u\0p"[..])
+        );
     }
 
     #[tokio::test]
     async fn refused_outcome_is_reported_with_its_code() {
         let (result, _) = run_against(Mechanism::External, &["EXTERNAL"], SaslCode::Auth).await;
-        assert!(matches!(result, Err(SaslError::Refused { mechanism: "EXTERNAL", code: SaslCode::Auth })), "{result:?}");
+        assert!(
+            matches!(
+                result,
+                Err(SaslError::Refused {
+                    mechanism: "EXTERNAL",
+                    code: SaslCode::Auth
+                })
+            ),
+            "{result:?}"
+        );
     }
 
     #[tokio::test]
     async fn mechanism_not_offered_lists_the_offer() {
-        let (result, _) = run_against(Mechanism::External, &["PLAIN", "AMQPLAIN"], SaslCode::Ok).await;
+        let (result, _) =
+            run_against(Mechanism::External, &["PLAIN", "AMQPLAIN"], SaslCode::Ok).await;
         match result {
             Err(SaslError::NotOffered { mechanism, offered }) => {
                 assert_eq!(mechanism, "EXTERNAL");
@@ -287,12 +358,21 @@ mod tests {
             let _ = server.write_all(b"AMQP\x00\x01\x00\x00").await;
         });
         let result = negotiate(&mut client, &Mechanism::External, "h").await;
-        assert!(matches!(&result, Err(SaslError::Protocol(m)) if m.contains("414d515000010000")), "{result:?}");
+        assert!(
+            matches!(&result, Err(SaslError::Protocol(m)) if m.contains("414d515000010000")),
+            "{result:?}"
+        );
     }
 
     #[test]
     fn garbage_frames_are_errors_not_panics() {
-        for rest in [&[][..], &[2, 0, 0, 0][..], &[9, 1, 0, 0][..], &[2, 1, 0, 0, 0xff, 0x00][..], &[0, 1, 0, 0][..]] {
+        for rest in [
+            &[][..],
+            &[2, 0, 0, 0][..],
+            &[9, 1, 0, 0][..],
+            &[2, 1, 0, 0, 0xff, 0x00][..],
+            &[0, 1, 0, 0][..],
+        ] {
             assert!(decode_frame(rest).is_err(), "{rest:?}");
         }
         assert!(matches!(decode_frame(&[2, 1, 0, 0]), Ok(None)));

@@ -67,12 +67,26 @@ impl Broker {
             Path::new(SERVER_BIN).exists(),
             "{SERVER_BIN} not found: install RabbitMQ 3.10 (apt-get install -y rabbitmq-server)"
         );
-        let root = tempfile::Builder::new().prefix("audrey-broker-").tempdir().expect("broker temp dir");
+        let root = tempfile::Builder::new()
+            .prefix("audrey-broker-")
+            .tempdir()
+            .expect("broker temp dir");
         let ports = pick_ports();
         static SEQ: AtomicU32 = AtomicU32::new(0);
-        let node_name = format!("audrey-test-{}-{}@localhost", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
+        let node_name = format!(
+            "audrey-test-{}-{}@localhost",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
         write_layout(root.path(), &ports, &opts);
-        let mut broker = Broker { root, ports, node_name, node: None, reaper: None, epmd: None };
+        let mut broker = Broker {
+            root,
+            ports,
+            node_name,
+            node: None,
+            reaper: None,
+            epmd: None,
+        };
         broker.spawn_epmd();
         broker.start_again();
         broker
@@ -118,9 +132,16 @@ impl Broker {
         let stderr = stdout.try_clone().expect("clone log handle");
         let mut cmd = Command::new(SERVER_BIN);
         self.node_env(&mut cmd);
-        cmd.stdin(Stdio::null()).stdout(stdout).stderr(stderr).process_group(0);
+        cmd.stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .process_group(0);
         let node = cmd.spawn().expect("spawn rabbitmq-server");
-        self.reaper = Some(spawn_reaper(node.id(), self.epmd.as_ref().map(Child::id), root));
+        self.reaper = Some(spawn_reaper(
+            node.id(),
+            self.epmd.as_ref().map(Child::id),
+            root,
+        ));
         self.node = Some(node);
         self.wait_ready();
     }
@@ -149,7 +170,13 @@ impl Broker {
 
     /// Messages ready in `queue`, as the broker counts them (via `rabbitmqctl`, ~1 s).
     pub fn queue_messages(&self, queue: &str) -> u64 {
-        let out = self.ctl(&["list_queues", "--quiet", "--no-table-headers", "name", "messages"]);
+        let out = self.ctl(&[
+            "list_queues",
+            "--quiet",
+            "--no-table-headers",
+            "name",
+            "messages",
+        ]);
         out.lines()
             .filter_map(|l| {
                 let mut cols = l.split_whitespace();
@@ -169,7 +196,11 @@ impl Broker {
     pub fn ctl(&self, args: &[&str]) -> String {
         let mut cmd = Command::new(CTL_BIN);
         self.node_env(&mut cmd);
-        let out = cmd.args(args).stdin(Stdio::null()).output().expect("run rabbitmqctl");
+        let out = cmd
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run rabbitmqctl");
         assert!(
             out.status.success(),
             "rabbitmqctl {args:?} failed: {}{}",
@@ -182,11 +213,19 @@ impl Broker {
     /// The last lines of the node's logs, for failure messages.
     pub fn log_tail(&self) -> String {
         let mut text = String::new();
-        for entry in fs::read_dir(self.root.path().join("log")).into_iter().flatten().flatten() {
+        for entry in fs::read_dir(self.root.path().join("log"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             if let Ok(s) = fs::read_to_string(entry.path()) {
                 let lines: Vec<&str> = s.lines().collect();
                 let from = lines.len().saturating_sub(30);
-                text.push_str(&format!("--- {}\n{}\n", entry.path().display(), lines[from..].join("\n")));
+                text.push_str(&format!(
+                    "--- {}\n{}\n",
+                    entry.path().display(),
+                    lines[from..].join("\n")
+                ));
             }
         }
         text
@@ -196,7 +235,10 @@ impl Broker {
         let r = self.root.path();
         let etc = r.join("etc");
         cmd.env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()))
+            .env(
+                "PATH",
+                std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()),
+            )
             .env("LANG", "C.UTF-8")
             .env("LC_ALL", "C.UTF-8")
             .env("HOME", r.join("home"))
@@ -211,14 +253,22 @@ impl Broker {
             .env("RABBITMQ_DIST_PORT", self.ports.dist.to_string())
             .env("ERL_EPMD_ADDRESS", "127.0.0.1")
             .env("ERL_EPMD_PORT", self.ports.epmd.to_string())
-            .env("RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS", "-kernel inet_dist_use_interface {127,0,0,1}");
+            .env(
+                "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS",
+                "-kernel inet_dist_use_interface {127,0,0,1}",
+            );
     }
 
     /// Our own epmd on its own port, so it can be ended by pid (the node would daemonize one).
     fn spawn_epmd(&mut self) {
         let log = fs::File::create(self.root.path().join("log/epmd.log")).expect("epmd log");
         let child = Command::new("epmd")
-            .args(["-address", "127.0.0.1", "-port", &self.ports.epmd.to_string()])
+            .args([
+                "-address",
+                "127.0.0.1",
+                "-port",
+                &self.ports.epmd.to_string(),
+            ])
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log handle"))
             .stderr(log)
@@ -226,21 +276,30 @@ impl Broker {
             .spawn()
             .expect("spawn epmd (Erlang's port mapper)");
         self.epmd = Some(child);
-        poll_port(self.ports.epmd, Duration::from_secs(5)).unwrap_or_else(|e| panic!("epmd did not listen: {e}"));
+        poll_port(self.ports.epmd, Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("epmd did not listen: {e}"));
     }
 
     fn wait_ready(&mut self) {
         let deadline = Instant::now() + READY_DEADLINE;
         for port in [self.ports.amqp, self.ports.amqps] {
             loop {
-                if TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200)).is_ok() {
+                if TcpStream::connect_timeout(
+                    &([127, 0, 0, 1], port).into(),
+                    Duration::from_millis(200),
+                )
+                .is_ok()
+                {
                     break;
                 }
                 if !self.is_running() {
                     panic!("rabbitmq-server exited during boot:\n{}", self.log_tail());
                 }
                 if Instant::now() >= deadline {
-                    panic!("rabbitmq-server not ready after {READY_DEADLINE:?}:\n{}", self.log_tail());
+                    panic!(
+                        "rabbitmq-server not ready after {READY_DEADLINE:?}:\n{}",
+                        self.log_tail()
+                    );
                 }
                 std::thread::sleep(Duration::from_millis(100));
             }
@@ -303,7 +362,13 @@ kill -KILL -- "-$1" 2>/dev/null
 rm -rf -- "$3"
 "#;
     Command::new("sh")
-        .args(["-c", script, "reaper", &node.to_string(), &epmd.map(|p| p.to_string()).unwrap_or_default()])
+        .args([
+            "-c",
+            script,
+            "reaper",
+            &node.to_string(),
+            &epmd.map(|p| p.to_string()).unwrap_or_default(),
+        ])
         .arg(root)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
@@ -314,7 +379,10 @@ rm -rf -- "$3"
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("bind 127.0.0.1:0").port()
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind 127.0.0.1:0")
+        .port()
 }
 
 fn port_is_free(port: u16) -> bool {
@@ -326,15 +394,25 @@ fn pick_ports() -> Ports {
     for _ in 0..200 {
         let dist = free_port();
         let cli = u32::from(dist) + 10000;
-        let Ok(cli) = u16::try_from(cli) else { continue };
+        let Ok(cli) = u16::try_from(cli) else {
+            continue;
+        };
         if !port_is_free(cli) {
             continue;
         }
         let (amqp, amqps, epmd) = (free_port(), free_port(), free_port());
         let all = [amqp, amqps, dist, epmd, cli];
-        let distinct = all.iter().enumerate().all(|(i, p)| !all[i + 1..].contains(p));
+        let distinct = all
+            .iter()
+            .enumerate()
+            .all(|(i, p)| !all[i + 1..].contains(p));
         if distinct {
-            return Ports { amqp, amqps, dist, epmd };
+            return Ports {
+                amqp,
+                amqps,
+                dist,
+                epmd,
+            };
         }
     }
     panic!("could not find free loopback ports for the broker")
@@ -358,7 +436,10 @@ fn write_layout(root: &Path, ports: &Ports, opts: &BrokerOptions<'_>) {
     copy(&opts.certs.server_key, "server.key");
     write_file(&etc.join("rabbitmq-env.conf"), "");
     write_file(&etc.join("advanced.config"), "[].\n");
-    write_file(&etc.join("enabled_plugins"), "[rabbitmq_amqp1_0,rabbitmq_auth_mechanism_ssl].\n");
+    write_file(
+        &etc.join("enabled_plugins"),
+        "[rabbitmq_amqp1_0,rabbitmq_auth_mechanism_ssl].\n",
+    );
     let e = etc.display();
     let conf = format!(
         "listeners.tcp.1 = 127.0.0.1:{amqp}
@@ -381,7 +462,10 @@ log.console = false
         amqps = ports.amqps,
     );
     write_file(&etc.join("rabbitmq.conf"), &conf);
-    write_file(&etc.join("definitions.json"), &definitions(opts.sites).to_string());
+    write_file(
+        &etc.join("definitions.json"),
+        &definitions(opts.sites).to_string(),
+    );
 }
 
 /// Users (one per site with an empty hash for EXTERNAL, one PLAIN), permissions, queues, bindings.
@@ -397,8 +481,10 @@ pub fn definitions(sites: &[&str]) -> serde_json::Value {
         permissions.push(perm(site));
         let queue = Broker::queue_name(site);
         queues.push(json!({"name": queue, "vhost": "/", "durable": true, "auto_delete": false, "arguments": {}}));
-        bindings.push(json!({"source": "amq.topic", "vhost": "/", "destination": queue,
-            "destination_type": "queue", "routing_key": BINDING_KEY, "arguments": {}}));
+        bindings.push(
+            json!({"source": "amq.topic", "vhost": "/", "destination": queue,
+            "destination_type": "queue", "routing_key": BINDING_KEY, "arguments": {}}),
+        );
     }
     json!({"vhosts": [{"name": "/"}], "users": users, "permissions": permissions,
         "queues": queues, "exchanges": [], "bindings": bindings})
@@ -429,7 +515,13 @@ pub fn shared() -> &'static SharedBroker {
     static SHARED: OnceLock<SharedBroker> = OnceLock::new();
     SHARED.get_or_init(|| {
         let certs = certs::generate(SHARED_SITES);
-        let broker = Broker::start(BrokerOptions { sites: SHARED_SITES, certs: &certs });
-        SharedBroker { certs, broker: tokio::sync::RwLock::new(broker) }
+        let broker = Broker::start(BrokerOptions {
+            sites: SHARED_SITES,
+            certs: &certs,
+        });
+        SharedBroker {
+            certs,
+            broker: tokio::sync::RwLock::new(broker),
+        }
     })
 }
