@@ -14,7 +14,10 @@ use serde::Deserialize;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("config key `{key}`: {reason}")]
@@ -22,7 +25,10 @@ pub enum ConfigError {
 }
 
 fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { key, reason: reason.into() }
+    ConfigError::Invalid {
+        key,
+        reason: reason.into(),
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -92,7 +98,9 @@ pub struct AdminConfig {
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        AdminConfig { listen: "127.0.0.1:9464".parse().unwrap() }
+        AdminConfig {
+            listen: "127.0.0.1:9464".parse().unwrap(),
+        }
     }
 }
 
@@ -104,7 +112,9 @@ pub struct StateConfig {
 
 impl Default for StateConfig {
     fn default() -> Self {
-        StateConfig { dir: PathBuf::from("/var/lib/audrey-federation") }
+        StateConfig {
+            dir: PathBuf::from("/var/lib/audrey-federation"),
+        }
     }
 }
 
@@ -190,7 +200,10 @@ pub struct ReplayConfig {
 
 impl Default for ReplayConfig {
     fn default() -> Self {
-        ReplayConfig { park_ttl: Duration::from_secs(3600), retry_max: Duration::from_secs(10) }
+        ReplayConfig {
+            park_ttl: Duration::from_secs(3600),
+            retry_max: Duration::from_secs(10),
+        }
     }
 }
 
@@ -203,7 +216,9 @@ pub struct ShutdownConfig {
 
 impl Default for ShutdownConfig {
     fn default() -> Self {
-        ShutdownConfig { drain_timeout: Duration::from_secs(20) }
+        ShutdownConfig {
+            drain_timeout: Duration::from_secs(20),
+        }
     }
 }
 
@@ -215,7 +230,9 @@ mod humantime_secs {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let secs = f64::deserialize(d)?;
         if !secs.is_finite() || secs < 0.0 {
-            return Err(serde::de::Error::custom("expected a non-negative number of seconds"));
+            return Err(serde::de::Error::custom(
+                "expected a non-negative number of seconds",
+            ));
         }
         Ok(Duration::from_secs_f64(secs))
     }
@@ -224,8 +241,10 @@ mod humantime_secs {
 impl Config {
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         Config::parse(&text, path)
     }
 
@@ -241,19 +260,38 @@ impl Config {
     /// Checks relations between keys; names the key on failure.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.site.is_empty()
-            || !self.site.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            || !self
+                .site
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         {
-            return Err(invalid("site", "must be non-empty ASCII letters, digits, '-' or '_'"));
+            return Err(invalid(
+                "site",
+                "must be non-empty ASCII letters, digits, '-' or '_'",
+            ));
         }
         crate::proxy::upstream::parse_upstream(&self.proxy.upstream)
             .map_err(|reason| invalid("proxy.upstream", reason))?;
         match (&self.proxy.tls_cert, &self.proxy.tls_key) {
-            (Some(_), None) => return Err(invalid("proxy.tls_key", "required when proxy.tls_cert is set")),
-            (None, Some(_)) => return Err(invalid("proxy.tls_cert", "required when proxy.tls_key is set")),
+            (Some(_), None) => {
+                return Err(invalid(
+                    "proxy.tls_key",
+                    "required when proxy.tls_cert is set",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "proxy.tls_cert",
+                    "required when proxy.tls_key is set",
+                ))
+            }
             _ => {}
         }
         if self.proxy.capture_body_limit == 0 {
-            return Err(invalid("proxy.capture_body_limit", "must be greater than 0"));
+            return Err(invalid(
+                "proxy.capture_body_limit",
+                "must be greater than 0",
+            ));
         }
         if self.proxy.upstream_timeout.is_zero() {
             return Err(invalid("proxy.upstream_timeout", "must be greater than 0"));
@@ -267,10 +305,16 @@ impl Config {
         }
         match (&self.oauth.conductor_key, &self.oauth.conductor_secret_file) {
             (Some(_), None) => {
-                return Err(invalid("oauth.conductor_secret_file", "required when oauth.conductor_key is set"))
+                return Err(invalid(
+                    "oauth.conductor_secret_file",
+                    "required when oauth.conductor_key is set",
+                ))
             }
             (None, Some(_)) => {
-                return Err(invalid("oauth.conductor_key", "required when oauth.conductor_secret_file is set"))
+                return Err(invalid(
+                    "oauth.conductor_key",
+                    "required when oauth.conductor_secret_file is set",
+                ))
             }
             _ => {}
         }
@@ -312,26 +356,41 @@ impl AmqpConfig {
                 return Err(invalid("amqp.key", "required with sasl = \"external\""));
             }
             if scheme != "amqps" {
-                return Err(invalid("amqp.sasl", "external needs amqps:// (identity comes from the certificate)"));
+                return Err(invalid(
+                    "amqp.sasl",
+                    "external needs amqps:// (identity comes from the certificate)",
+                ));
             }
         }
         if self.cert.is_some() != self.key.is_some() {
             return Err(invalid("amqp.key", "amqp.cert and amqp.key go together"));
         }
-        if self.sasl == SaslMechanism::Plain && (self.username.is_none() || self.password_file.is_none()) {
-            return Err(invalid("amqp.username", "sasl = \"plain\" needs amqp.username and amqp.password_file"));
+        if self.sasl == SaslMechanism::Plain
+            && (self.username.is_none() || self.password_file.is_none())
+        {
+            return Err(invalid(
+                "amqp.username",
+                "sasl = \"plain\" needs amqp.username and amqp.password_file",
+            ));
         }
         if !self.routing_key_template.contains("{deployment}") {
-            return Err(invalid("amqp.routing_key_template", "must contain {deployment}"));
+            return Err(invalid(
+                "amqp.routing_key_template",
+                "must contain {deployment}",
+            ));
         }
         if self.reconnect_initial.is_zero() || self.reconnect_max < self.reconnect_initial {
-            return Err(invalid("amqp.reconnect_max", "must be >= amqp.reconnect_initial > 0"));
+            return Err(invalid(
+                "amqp.reconnect_max",
+                "must be >= amqp.reconnect_initial > 0",
+            ));
         }
         Ok(())
     }
 
     /// The routing key (subject) for a deployment.
     pub fn routing_key(&self, deployment: &str) -> String {
-        self.routing_key_template.replace("{deployment}", deployment)
+        self.routing_key_template
+            .replace("{deployment}", deployment)
     }
 }

@@ -14,10 +14,16 @@ pub fn parse_cidr(s: &str) -> Result<Cidr, String> {
         Some((a, p)) => (a, Some(p)),
         None => (s, None),
     };
-    let addr: IpAddr = a.trim().parse().map_err(|_| "not an IP address".to_string())?;
+    let addr: IpAddr = a
+        .trim()
+        .parse()
+        .map_err(|_| "not an IP address".to_string())?;
     let max = if addr.is_ipv4() { 32 } else { 128 };
     let prefix = match p {
-        Some(p) => p.trim().parse::<u8>().map_err(|_| "bad prefix length".to_string())?,
+        Some(p) => p
+            .trim()
+            .parse::<u8>()
+            .map_err(|_| "bad prefix length".to_string())?,
         None => max,
     };
     if prefix > max {

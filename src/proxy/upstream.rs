@@ -10,5 +10,7 @@ pub fn parse_upstream(url: &str) -> Result<http::uri::Authority, String> {
     if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
         return Err("must not carry a path or query".into());
     }
-    uri.authority().cloned().ok_or_else(|| "missing host".into())
+    uri.authority()
+        .cloned()
+        .ok_or_else(|| "missing host".into())
 }
