@@ -202,7 +202,7 @@ pub fn parse_authorization_header(value: &str) -> Option<Result<Vec<(String, Str
             }
         })
         .collect();
-    if pieces.len() % 2 != 0 {
+    if !pieces.len().is_multiple_of(2) {
         return Some(Err(()));
     }
     let mut map: Vec<(String, String)> = Vec::new();
@@ -319,8 +319,7 @@ pub fn ruby_decode64(s: &str) -> Vec<u8> {
         }
         None
     };
-    loop {
-        let Some(a) = next(&mut i, false) else { break };
+    while let Some(a) = next(&mut i, false) {
         let Some(b) = next(&mut i, false) else { break };
         let Some(c) = next(&mut i, true) else {
             out.push(((a << 2) | (b >> 4)) as u8);
