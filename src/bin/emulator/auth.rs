@@ -31,7 +31,7 @@ pub fn scheme(req: &Req) -> String {
 /// server's own address.
 pub fn authority(req: &Req) -> String {
     if let Some(fwd) = req.env("x-forwarded-host") {
-        if let Some(last) = fwd.split([',', ' ', '\t']).filter(|s| !s.is_empty()).last() {
+        if let Some(last) = fwd.rsplit([',', ' ', '\t']).find(|s| !s.is_empty()) {
             return last.to_string();
         }
     }

@@ -344,8 +344,11 @@ pub fn parse_audrey_data(data: &str) -> Option<Vec<(String, String)>> {
     (!out.is_empty()).then_some(out)
 }
 
+/// A parameter name and its value, `None` while unresolved.
+pub type Values = Vec<(String, Option<String>)>;
+
 /// `|service|NAME[|parameters|p&B64|q&B64]|service|…|`; `None` values are sent empty.
-pub fn render_configs(services: &[(String, Vec<(String, Option<String>)>)]) -> String {
+pub fn render_configs(services: &[(String, Values)]) -> String {
     let parts: Vec<String> = services
         .iter()
         .map(|(name, params)| {

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::formats::{InstanceConfig, Source};
+use crate::formats::{InstanceConfig, Source, Values};
 use crate::store::Store;
 
 /// Something the real server would raise on (it answers 500).
@@ -182,11 +182,7 @@ impl Instance {
     /// keeping the result in memory (a later save freezes it). A provided-parameter
     /// reference to an instance this server does not know raises (500); a service reference
     /// to an unknown instance stays unresolved, one to an unknown service raises.
-    pub fn resolve(
-        &mut self,
-        store: &Store,
-        service: &str,
-    ) -> Result<Vec<(String, Option<String>)>, Fault> {
+    pub fn resolve(&mut self, store: &Store, service: &str) -> Result<Values, Fault> {
         let Some(svc) = self.state.services.get_mut(service) else {
             return Ok(Vec::new());
         };
