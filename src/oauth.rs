@@ -42,6 +42,11 @@ pub enum Verdict {
     NoOAuth,
 }
 
+/// An `Authorization: OAuth …` header whose fields do not pair up (the gem raises).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("malformed OAuth Authorization header")]
+pub struct MalformedHeader;
+
 /// A request as the server sees it, for [`verify`].
 #[derive(Debug, Clone, Copy)]
 pub struct Incoming<'a> {
@@ -184,12 +189,16 @@ pub fn normalized_url(url: &str) -> String {
     split_url(url).0
 }
 
-/// Parses an `Authorization` header the way the server's `oauth` gem does: `None` unless it
+/// Parses an `Authorization` header the way the server's `oauth` gem does: `Ok(None)` unless it
 /// starts with `OAuth ` (case-sensitive); otherwise split on `,`, `=` and `&`, each piece
 /// trimmed, percent-decoded (a `+` stays a `+`) and stripped of surrounding quotes, paired up
 /// (last duplicate wins) and all but `oauth_*` names dropped. An odd piece count is malformed.
-pub fn parse_authorization_header(value: &str) -> Option<Result<Vec<(String, String)>, ()>> {
-    let rest = value.strip_prefix("OAuth ")?;
+pub fn parse_authorization_header(
+    value: &str,
+) -> Result<Option<Vec<(String, String)>>, MalformedHeader> {
+    let Some(rest) = value.strip_prefix("OAuth ") else {
+        return Ok(None);
+    };
     let pieces: Vec<String> = rest
         .split([',', '=', '&'])
         .map(|p| {
@@ -203,7 +212,7 @@ pub fn parse_authorization_header(value: &str) -> Option<Result<Vec<(String, Str
         })
         .collect();
     if !pieces.len().is_multiple_of(2) {
-        return Some(Err(()));
+        return Err(MalformedHeader);
     }
     let mut map: Vec<(String, String)> = Vec::new();
     for pair in pieces.chunks(2) {
@@ -214,7 +223,7 @@ pub fn parse_authorization_header(value: &str) -> Option<Result<Vec<(String, Str
         map.retain(|(existing, _)| existing != &k);
         map.push((k, v));
     }
-    Some(Ok(map))
+    Ok(Some(map))
 }
 
 /// Verifies a request as the server does: parameters merged body ← query ← header (a later
@@ -232,9 +241,9 @@ pub fn verify(req: &Incoming<'_>, lookup: impl Fn(&str) -> Option<String>) -> Ve
     }
     if let Some(header) = req.authorization {
         match parse_authorization_header(header) {
-            Some(Ok(pairs)) => params.extend(pairs),
-            Some(Err(())) => return Verdict::NoOAuth,
-            None => {}
+            Ok(Some(pairs)) => params.extend(pairs),
+            Ok(None) => {}
+            Err(MalformedHeader) => return Verdict::NoOAuth,
         }
     }
     let method = params

@@ -65,8 +65,17 @@ impl Store {
         Some(s)
     }
 
+    /// Writes `oauth/<key>` readable by the owner only, as the server does (mode 0600).
     pub fn store_consumer(&self, key: &str, secret: &str) -> io::Result<()> {
-        fs::write(self.root.join("oauth").join(key), secret)
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(self.root.join("oauth").join(key))?;
+        file.write_all(secret.as_bytes())
     }
 
     // ---- instances ----
