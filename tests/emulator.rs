@@ -749,3 +749,26 @@ async fn keep_alive_then_idle_timeout_closes() {
         .unwrap_or(0);
     assert_eq!(n, 0);
 }
+
+/// The server gathers parameters with absolute XPath, so every service of an instance is
+/// answered with the parameters of all its services.
+#[tokio::test]
+async fn every_service_gets_every_parameter() {
+    let (_emu, c) = start();
+    let two = InstanceXml::new("T", "D1", "t")
+        .service(ServiceXml::new("a").value("pa", "1"))
+        .service(ServiceXml::new("b").value("pb", "2"));
+    register(&c, &two).await;
+    let r = c.get_configs(2, "T", None, &own(&two)).await.unwrap();
+    assert_eq!(
+        (r.status, r.text()),
+        (
+            200,
+            "|service|a|parameters|pa&MQ==|pb&Mg==|service|b|parameters|pa&MQ==|pb&Mg==|".into()
+        )
+    );
+    let r = c.get_configs(2, "T", Some("b"), &own(&two)).await.unwrap();
+    assert_eq!(r.text(), "|service|b|parameters|pa&MQ==|pb&Mg==|");
+    let r = c.get_params(2, "T", &own(&two)).await.unwrap();
+    assert_eq!(r.text(), "||a&b|");
+}
