@@ -296,54 +296,9 @@ fn ruby_base_string(method: &str, base_url: &str, sorted: &[(String, String)]) -
     )
 }
 
-/// Ruby's lenient `Base64.decode64` (`unpack("m")`): characters outside the alphabet are
-/// skipped, a `=` in the third or fourth place of a group ends decoding, a partial last group
-/// yields what it can. Never fails.
+/// Ruby's lenient `Base64.decode64`, as the server's oauth gem compares signatures with it.
 pub fn ruby_decode64(s: &str) -> Vec<u8> {
-    fn val(c: u8) -> Option<u32> {
-        match c {
-            b'A'..=b'Z' => Some(u32::from(c - b'A')),
-            b'a'..=b'z' => Some(u32::from(c - b'a') + 26),
-            b'0'..=b'9' => Some(u32::from(c - b'0') + 52),
-            b'+' => Some(62),
-            b'/' => Some(63),
-            _ => None,
-        }
-    }
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
-    let mut i = 0;
-    // Next alphabet character at or after `i`; `stop_at_pad` ends the search on `=`.
-    let next = |i: &mut usize, stop_at_pad: bool| -> Option<u32> {
-        while *i < bytes.len() {
-            let c = bytes[*i];
-            if let Some(v) = val(c) {
-                *i += 1;
-                return Some(v);
-            }
-            if stop_at_pad && c == b'=' {
-                return None;
-            }
-            *i += 1;
-        }
-        None
-    };
-    while let Some(a) = next(&mut i, false) {
-        let Some(b) = next(&mut i, false) else { break };
-        let Some(c) = next(&mut i, true) else {
-            out.push(((a << 2) | (b >> 4)) as u8);
-            break;
-        };
-        let Some(d) = next(&mut i, true) else {
-            out.push(((a << 2) | (b >> 4)) as u8);
-            out.push((((b << 4) | (c >> 2)) & 0xff) as u8);
-            break;
-        };
-        out.push(((a << 2) | (b >> 4)) as u8);
-        out.push((((b << 4) | (c >> 2)) & 0xff) as u8);
-        out.push((((c << 6) | d) & 0xff) as u8);
-    }
-    out
+    crate::capture::audrey_data::ruby_decode64(s.as_bytes())
 }
 
 /// Splits `scheme://authority/path?query#frag` into (normalised base URL, raw query).
