@@ -2,4 +2,5 @@
 #![allow(dead_code)]
 
 pub mod broker;
+pub mod broker_layout;
 pub mod certs;
