@@ -1,28 +1,33 @@
 //! Opening one AMQP 1.0 connection to the broker: TCP, mutual TLS (rustls), SASL, `open`.
 //!
-//! Owns URL parsing, loading the PEM trust anchor and client identity, the TLS handshake, and
-//! turning every failure into a distinct [`AmqpError`]. TLS is established first on the raw
-//! socket ("alternative TLS establishment", no AMQP TLS header, which RabbitMQ does not speak),
-//! then SASL runs on the TLS stream through [`super::sasl`] (see there why the crate's EXTERNAL
-//! is not used), and the authenticated stream is handed to fe2o3-amqp's
-//! `Connection::builder().open_with_stream` with no SASL profile. This module must not retry
-//! (callers own backoff) nor open sessions or links, and never prints a password.
+//! Owns URL parsing, the order of the steps, and the bound on their total time; PEM loading and
+//! TLS error naming live in `tls.rs`, the error type in [`super::error`]. TLS is established
+//! first on the raw socket ("alternative TLS establishment": no AMQP TLS protocol header, which
+//! RabbitMQ does not speak), then SASL runs on the TLS stream through `sasl.rs`, and the
+//! authenticated stream is handed to fe2o3-amqp's `Connection::builder().open_with_stream` with
+//! scheme `amqp` and no SASL profile, so the crate goes straight to the AMQP header.
+//!
+//! Why not the crate's own SASL: fe2o3-amqp 0.18.4's `SaslProfile::External` sends `sasl-init`
+//! with no initial response at all; RabbitMQ 3.10 wants an empty one and drops the connection
+//! ("Expecting SASL negotiation"). The upstream fix is one line (`initial_response` returning
+//! `Some(Binary::from(vec![]))` for `External`); until it ships, `sasl.rs` performs the exchange
+//! with the crate's own frame types, and PLAIN goes the same way for one code path.
+//!
+//! This module must not retry (callers own backoff) nor open sessions or links, and never prints
+//! a password.
 
 use std::io;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
-use fe2o3_amqp::connection::{ConnectionHandle, OpenError};
+use fe2o3_amqp::connection::ConnectionHandle;
 use fe2o3_amqp::Connection;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use rustls::{AlertDescription, ClientConfig, RootCertStore};
+use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
 
+use super::error::AmqpError;
 use super::sasl::{self, Mechanism, SaslError};
+use super::tls::{classify_io, tls_connector};
 use crate::config::{AmqpConfig, SaslMechanism};
 
 /// Upper bound for TCP + TLS + SASL + open (RabbitMQ delays a failed SASL outcome by 3 s).
@@ -30,88 +35,6 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 /// Idle timeout announced to the broker: it sends heartbeats at least every half of it, and the
 /// connection is declared dead when nothing arrives for this long.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Why a connection could not be opened. Every variant says what to check.
-#[derive(Debug, thiserror::Error)]
-pub enum AmqpError {
-    #[error("amqp.url {url:?}: {reason}")]
-    BadUrl { url: String, reason: String },
-    #[error("plain amqp:// is refused without amqp.allow_insecure = true")]
-    InsecureRefused,
-    #[error("amqp.{key} is required for this connection: {reason}")]
-    Missing {
-        key: &'static str,
-        reason: &'static str,
-    },
-    #[error("cannot use PEM file {path}: {reason}")]
-    BadPem { path: PathBuf, reason: String },
-    #[error("cannot read amqp.password_file {path}: {source}")]
-    PasswordFile { path: PathBuf, source: io::Error },
-    #[error("client certificate {cert} and key {key} do not form a usable identity: {reason}")]
-    BadIdentity {
-        cert: PathBuf,
-        key: PathBuf,
-        reason: String,
-    },
-    #[error("cannot resolve broker host {host:?}: {source}")]
-    Resolve { host: String, source: io::Error },
-    #[error("connection refused by {addr}: is the broker running and listening there?")]
-    ConnectionRefused { addr: String },
-    #[error("cannot reach broker {addr}: {source}")]
-    Unreachable { addr: String, source: io::Error },
-    #[error(
-        "broker requires a client certificate (TLS alert {alert}): set amqp.cert and amqp.key"
-    )]
-    ClientCertificateRequired { alert: String },
-    #[error(
-        "broker does not trust our client certificate (TLS alert {alert}): it was not issued by a CA the broker trusts"
-    )]
-    ClientCertificateRejected { alert: String },
-    #[error("broker certificate rejected ({reason}): check amqp.ca and that the URL host is in the certificate")]
-    ServerCertificateRejected { reason: String },
-    #[error("TLS failure with {addr}: {source}")]
-    Tls { addr: String, source: rustls::Error },
-    #[error("broker does not offer SASL {mechanism} (offered: {offered})")]
-    SaslNotOffered {
-        mechanism: &'static str,
-        offered: String,
-    },
-    #[error("broker refused SASL {mechanism} authentication (outcome {code}): {hint}")]
-    SaslAuthFailed {
-        mechanism: &'static str,
-        code: &'static str,
-        hint: &'static str,
-    },
-    #[error("SASL protocol error with {addr}: {reason}")]
-    SaslProtocol { addr: String, reason: String },
-    #[error("connection to {addr} dropped during {stage}: {source}")]
-    Io {
-        addr: String,
-        stage: &'static str,
-        source: io::Error,
-    },
-    #[error("AMQP open with {addr} failed: {source}")]
-    Open { addr: String, source: OpenError },
-    #[error("connecting to {addr} timed out after {after:?}")]
-    Timeout { addr: String, after: Duration },
-}
-
-impl AmqpError {
-    /// True when retrying later may succeed without an operator changing anything
-    /// (the broker is down, restarting or slow); false for configuration and identity problems.
-    pub fn is_transient(&self) -> bool {
-        match self {
-            AmqpError::ConnectionRefused { .. }
-            | AmqpError::Unreachable { .. }
-            | AmqpError::Resolve { .. }
-            | AmqpError::Io { .. }
-            | AmqpError::Open { .. }
-            | AmqpError::Timeout { .. } => true,
-            AmqpError::SaslAuthFailed { code, .. } => *code == "sys-temp" || *code == "sys",
-            _ => false,
-        }
-    }
-}
 
 /// Where to connect, parsed from `amqp.url`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -320,46 +243,6 @@ async fn tcp_connect(ep: &Endpoint) -> Result<TcpStream, AmqpError> {
     })
 }
 
-/// Finds a rustls error inside an I/O error and names it; TLS 1.3 reports the broker's verdict
-/// on our certificate as an alert on the first read after the handshake, hence `stage`.
-fn classify_io(e: io::Error, addr: &str, stage: &'static str, has_cert: bool) -> AmqpError {
-    let Some(tls) = e
-        .get_ref()
-        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-    else {
-        return AmqpError::Io {
-            addr: addr.to_owned(),
-            stage,
-            source: e,
-        };
-    };
-    let alert = |a: &AlertDescription| format!("{a:?}");
-    match tls {
-        rustls::Error::AlertReceived(a @ AlertDescription::CertificateRequired) => {
-            AmqpError::ClientCertificateRequired { alert: alert(a) }
-        }
-        rustls::Error::AlertReceived(a @ AlertDescription::HandshakeFailure) if !has_cert => {
-            AmqpError::ClientCertificateRequired { alert: alert(a) }
-        }
-        rustls::Error::AlertReceived(
-            a @ (AlertDescription::UnknownCA
-            | AlertDescription::BadCertificate
-            | AlertDescription::UnsupportedCertificate
-            | AlertDescription::CertificateExpired
-            | AlertDescription::CertificateRevoked
-            | AlertDescription::CertificateUnknown
-            | AlertDescription::AccessDenied),
-        ) if has_cert => AmqpError::ClientCertificateRejected { alert: alert(a) },
-        rustls::Error::InvalidCertificate(reason) => AmqpError::ServerCertificateRejected {
-            reason: format!("{reason:?}"),
-        },
-        other => AmqpError::Tls {
-            addr: addr.to_owned(),
-            source: other.clone(),
-        },
-    }
-}
-
 fn read_password(cfg: &AmqpConfig) -> Result<String, AmqpError> {
     let path = cfg.password_file.as_deref().ok_or(AmqpError::Missing {
         key: "password_file",
@@ -370,83 +253,6 @@ fn read_password(cfg: &AmqpConfig) -> Result<String, AmqpError> {
         source,
     })?;
     Ok(text.trim_end_matches(['\r', '\n']).to_owned())
-}
-
-/// rustls client config: trusts only `amqp.ca`, presents `amqp.cert`/`amqp.key` if set.
-fn tls_connector(cfg: &AmqpConfig) -> Result<TlsConnector, AmqpError> {
-    let ca = cfg.ca.as_deref().ok_or(AmqpError::Missing {
-        key: "ca",
-        reason: "amqps:// trusts only this CA",
-    })?;
-    let mut roots = RootCertStore::empty();
-    for cert in load_certs(ca)? {
-        roots
-            .add(cert)
-            .map_err(|e| bad_pem(ca, format!("not a usable CA certificate: {e}")))?;
-    }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let builder = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| AmqpError::Tls {
-            addr: cfg.url.clone(),
-            source: e,
-        })?
-        .with_root_certificates(roots);
-    let config = match (&cfg.cert, &cfg.key) {
-        (Some(cert), Some(key)) => {
-            let chain = load_certs(cert)?;
-            let private = PrivateKeyDer::from_pem_file(key)
-                .map_err(|e| bad_pem(key, pem_reason(e, "PRIVATE KEY")))?;
-            builder
-                .with_client_auth_cert(chain, private)
-                .map_err(|e| AmqpError::BadIdentity {
-                    cert: cert.clone(),
-                    key: key.clone(),
-                    reason: e.to_string(),
-                })?
-        }
-        (None, None) => builder.with_no_client_auth(),
-        (Some(_), None) => {
-            return Err(AmqpError::Missing {
-                key: "key",
-                reason: "amqp.cert is set",
-            })
-        }
-        (None, Some(_)) => {
-            return Err(AmqpError::Missing {
-                key: "cert",
-                reason: "amqp.key is set",
-            })
-        }
-    };
-    Ok(TlsConnector::from(Arc::new(config)))
-}
-
-fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, AmqpError> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| bad_pem(path, pem_reason(e, "CERTIFICATE")))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| bad_pem(path, pem_reason(e, "CERTIFICATE")))?;
-    if certs.is_empty() {
-        return Err(bad_pem(path, "no CERTIFICATE block found".into()));
-    }
-    Ok(certs)
-}
-
-fn bad_pem(path: &Path, reason: String) -> AmqpError {
-    AmqpError::BadPem {
-        path: path.to_owned(),
-        reason,
-    }
-}
-
-fn pem_reason(e: rustls::pki_types::pem::Error, what: &str) -> String {
-    use rustls::pki_types::pem::Error as E;
-    match e {
-        E::Io(io) => io.to_string(),
-        E::NoItemsFound => format!("no {what} block found"),
-        other => format!("not valid PEM: {other}"),
-    }
 }
 
 #[cfg(test)]
@@ -500,6 +306,39 @@ mod tests {
             }
         );
         assert_eq!(ep("amqps://[::1]:7").addr(), "[::1]:7");
+    }
+
+    fn config(toml_text: &str) -> AmqpConfig {
+        toml::from_str(toml_text).expect("test config")
+    }
+
+    #[tokio::test]
+    async fn plain_amqp_is_refused_unless_insecure_is_allowed() {
+        let cfg = config("url = \"amqp://127.0.0.1:9\"\nsasl = \"external\"\n");
+        let err = connect(&cfg, "c").await.expect_err("refused");
+        assert!(matches!(err, AmqpError::InsecureRefused), "{err:?}");
+
+        let cfg =
+            config("url = \"amqp://127.0.0.1:9\"\nsasl = \"external\"\nallow_insecure = true\n");
+        let err = connect(&cfg, "c").await.expect_err("external needs TLS");
+        assert!(
+            matches!(err, AmqpError::Missing { key: "url", .. }),
+            "{err:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn plain_needs_a_readable_password_file() {
+        let cfg = config(
+            "url = \"amqp://127.0.0.1:9\"\nsasl = \"plain\"\nusername = \"u\"\nallow_insecure = true\n\
+             password_file = \"/nonexistent/audrey-password\"\n",
+        );
+        let err = connect(&cfg, "c").await.expect_err("no password file");
+        assert!(matches!(err, AmqpError::PasswordFile { .. }), "{err:?}");
+        assert!(
+            err.to_string().contains("/nonexistent/audrey-password"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -6,7 +6,10 @@
 
 pub mod backoff;
 pub mod connection;
+pub mod error;
 mod sasl;
+mod tls;
 
 pub use backoff::Backoff;
-pub use connection::{connect, AmqpError, Endpoint};
+pub use connection::{connect, Endpoint};
+pub use error::AmqpError;

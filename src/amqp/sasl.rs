@@ -3,12 +3,13 @@
 //! Owns the SASL header exchange, `sasl-mechanisms`, `sasl-init` and `sasl-outcome` for the two
 //! mechanisms the sidecar uses (EXTERNAL, PLAIN). It exists because fe2o3-amqp 0.18.4 sends
 //! EXTERNAL's `sasl-init` with *no* initial response, which RabbitMQ 3.10 rejects by dropping the
-//! connection; here EXTERNAL sends an *empty* one, as RFC 4422 and RabbitMQ expect. Frames are
-//! encoded with the crate's own types and `serde_amqp`. It must not interpret TLS errors (the
+//! connection; here EXTERNAL sends an *empty* one, as RFC 4422 and RabbitMQ expect (RabbitMQ 4.x
+//! and Qpid accept both). Frames are encoded with the crate's own types and `serde_amqp`. It must not interpret TLS errors (the
 //! caller classifies I/O failures) and it never logs or returns a password.
 
 use std::fmt;
 use std::io;
+use std::time::Duration;
 
 use fe2o3_amqp::frames::sasl::Frame;
 use fe2o3_amqp::types::primitives::{Binary, Symbol};
@@ -23,6 +24,8 @@ const FRAME_TYPE_SASL: u8 = 0x01;
 const MAX_SASL_FRAME: usize = 64 * 1024;
 /// Empty frames (heartbeats) tolerated before giving up on a peer.
 const MAX_EMPTY_FRAMES: usize = 16;
+/// How long to look for the peer's reason after a failed write.
+const REASON_PROBE: Duration = Duration::from_millis(500);
 
 /// Who we claim to be.
 pub(crate) enum Mechanism<'a> {
@@ -104,8 +107,7 @@ pub(crate) async fn negotiate<Io>(
 where
     Io: AsyncRead + AsyncWrite + Unpin,
 {
-    io.write_all(&SASL_HEADER).await?;
-    io.flush().await?;
+    send(io, &SASL_HEADER).await?;
     let mut header = [0u8; 8];
     io.read_exact(&mut header).await?;
     if header != SASL_HEADER {
@@ -199,10 +201,33 @@ pub(crate) fn decode_frame(rest: &[u8]) -> Result<Option<Frame>, SaslError> {
         .map_err(|e| SaslError::Protocol(format!("cannot decode SASL frame: {e}")))
 }
 
-async fn write_frame<Io: AsyncWrite + Unpin>(io: &mut Io, frame: &Frame) -> Result<(), SaslError> {
-    io.write_all(&encode_frame(frame)?).await?;
-    io.flush().await?;
-    Ok(())
+async fn write_frame<Io>(io: &mut Io, frame: &Frame) -> Result<(), SaslError>
+where
+    Io: AsyncRead + AsyncWrite + Unpin,
+{
+    send(io, &encode_frame(frame)?).await
+}
+
+/// Writes and flushes. When the write fails (the peer reset the connection), the peer's reason
+/// may already sit in our receive buffer, e.g. the TLS 1.3 alert refusing our client
+/// certificate, which arrives after our handshake has completed: one bounded read surfaces it.
+async fn send<Io>(io: &mut Io, bytes: &[u8]) -> Result<(), SaslError>
+where
+    Io: AsyncRead + AsyncWrite + Unpin,
+{
+    let written = async {
+        io.write_all(bytes).await?;
+        io.flush().await
+    }
+    .await;
+    let Err(write_error) = written else {
+        return Ok(());
+    };
+    let mut probe = [0u8; 64];
+    match tokio::time::timeout(REASON_PROBE, io.read(&mut probe)).await {
+        Ok(Err(read_error)) => Err(SaslError::Io(read_error)),
+        _ => Err(SaslError::Io(write_error)),
+    }
 }
 
 async fn read_frame<Io: AsyncRead + Unpin>(io: &mut Io) -> Result<Frame, SaslError> {
@@ -360,6 +385,50 @@ mod tests {
         let result = negotiate(&mut client, &Mechanism::External, "h").await;
         assert!(
             matches!(&result, Err(SaslError::Protocol(m)) if m.contains("414d515000010000")),
+            "{result:?}"
+        );
+    }
+
+    /// A connection the peer has reset, with the peer's reason still in the receive buffer.
+    struct ResetWithReason;
+
+    impl AsyncWrite for ResetWithReason {
+        fn poll_write(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            _: &[u8],
+        ) -> std::task::Poll<io::Result<usize>> {
+            std::task::Poll::Ready(Err(io::ErrorKind::ConnectionReset.into()))
+        }
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    impl AsyncRead for ResetWithReason {
+        fn poll_read(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            _: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            std::task::Poll::Ready(Err(io::Error::other("the peer's reason")))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_reports_the_reason_waiting_in_the_receive_buffer() {
+        let result = negotiate(&mut ResetWithReason, &Mechanism::External, "h").await;
+        assert!(
+            matches!(&result, Err(SaslError::Io(e)) if e.to_string() == "the peer's reason"),
             "{result:?}"
         );
     }
