@@ -1,1 +1,632 @@
-//! (stub)
+//! OAuth 1.0a, two-legged, HMAC-SHA1: signing requests (the replay path) and verifying them
+//! exactly the way the legacy Config Server does (the emulator).
+//!
+//! It owns the signature base string, the `Authorization: OAuth …` header format and the
+//! server's verification quirks; it knows nothing of HTTP libraries, storage or routes, and
+//! must not grow any: callers hand it strings.
+//!
+//! Why not a crate such as `oauth1-request`: signing alone would fit, but verification must
+//! rebuild the base string the way the server's Ruby `oauth` gem does — parameters merged
+//! from body, query and header with the last value winning, the header parsed by splitting on
+//! `,`, `=` and `&`, a second pass that leaves the body fields `data`/`audrey_data` out, and
+//! signatures compared after lenient Base64 decoding. That needs full control of the base
+//! string, so both directions are built here on `hmac`, `sha1`, `percent-encoding` and `base64`.
+use std::collections::BTreeMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
+use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use rand::Rng as _;
+use sha1::Sha1;
+
+/// RFC 5849 §3.6: everything but ALPHA, DIGIT, `-`, `.`, `_`, `~` is percent-encoded.
+const RESERVED: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// Body fields the server's second ("legacy") verification pass leaves out of the base string.
+pub const LEGACY_UNSIGNED: [&str; 2] = ["data", "audrey_data"];
+
+/// Outcome of [`verify`], as the server acts on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// One of the two passes matched.
+    Ok,
+    /// A signature was present and checked, and neither pass matched: the server answers 401.
+    BadSignature,
+    /// No usable OAuth parameters (no or unknown `oauth_signature_method`, no signature or
+    /// consumer key, malformed header): the server raises, i.e. answers 500.
+    NoOAuth,
+}
+
+/// A request as the server sees it, for [`verify`].
+#[derive(Debug, Clone, Copy)]
+pub struct Incoming<'a> {
+    /// Request method, any case.
+    pub method: &'a str,
+    /// `scheme://authority/path[?query]`, as the server rebuilds it; the query is parsed here.
+    pub url: &'a str,
+    /// The raw `Authorization` header, if any.
+    pub authorization: Option<&'a str>,
+    /// Decoded form-body parameters in body order; empty unless the body is urlencoded.
+    pub form: &'a [(String, String)],
+}
+
+/// RFC 3986 percent-encoding of the unreserved set, as OAuth requires.
+pub fn percent_encode(s: &str) -> String {
+    utf8_percent_encode(s, RESERVED).to_string()
+}
+
+/// `Authorization: OAuth …` value for a two-legged HMAC-SHA1 request with a fresh nonce and
+/// timestamp. `url` is the full URL the server will rebuild (its query is signed); `form`
+/// holds the urlencoded body fields, which are signed too.
+pub fn authorization_header(
+    method: &str,
+    url: &str,
+    form: &[(String, String)],
+    consumer_key: &str,
+    consumer_secret: &str,
+) -> String {
+    let params = sign(
+        method,
+        url,
+        form,
+        consumer_key,
+        consumer_secret,
+        &fresh_nonce(),
+        now(),
+    );
+    header_from_params(&params)
+}
+
+/// The `oauth_*` parameters (signature included) for a request, with caller-chosen nonce and
+/// timestamp; put them in a header ([`header_from_params`]), the query string or the body.
+pub fn sign(
+    method: &str,
+    url: &str,
+    form: &[(String, String)],
+    consumer_key: &str,
+    consumer_secret: &str,
+    nonce: &str,
+    timestamp: u64,
+) -> Vec<(String, String)> {
+    let mut oauth = vec![
+        ("oauth_consumer_key".to_string(), consumer_key.to_string()),
+        ("oauth_nonce".to_string(), nonce.to_string()),
+        (
+            "oauth_signature_method".to_string(),
+            "HMAC-SHA1".to_string(),
+        ),
+        ("oauth_timestamp".to_string(), timestamp.to_string()),
+        ("oauth_version".to_string(), "1.0".to_string()),
+    ];
+    let (base_url, query) = split_url(url);
+    let mut all: Vec<(String, String)> = parse_pairs(query, &['&']);
+    all.extend(form.iter().cloned());
+    all.extend(oauth.iter().cloned());
+    let base = signature_base_string(method, &base_url, &all);
+    oauth.push((
+        "oauth_signature".to_string(),
+        hmac_sha1(&base, consumer_secret, ""),
+    ));
+    oauth
+}
+
+/// Fresh oauth params for query or body placement (fresh nonce and timestamp).
+pub fn fresh_params(
+    method: &str,
+    url: &str,
+    form: &[(String, String)],
+    consumer_key: &str,
+    consumer_secret: &str,
+) -> Vec<(String, String)> {
+    sign(
+        method,
+        url,
+        form,
+        consumer_key,
+        consumer_secret,
+        &fresh_nonce(),
+        now(),
+    )
+}
+
+/// Formats `oauth_*` pairs as an `Authorization` header value.
+pub fn header_from_params(params: &[(String, String)]) -> String {
+    let fields: Vec<String> = params
+        .iter()
+        .map(|(k, v)| format!("{}=\"{}\"", percent_encode(k), percent_encode(v)))
+        .collect();
+    format!("OAuth {}", fields.join(", "))
+}
+
+/// RFC 5849 §3.4.1: `METHOD&enc(base_url)&enc(sorted enc(k)=enc(v) joined by &)`, where
+/// `base_url` is already normalised (see [`normalized_url`]) and `params` are decoded pairs
+/// (duplicates allowed; sorted by encoded name, then encoded value).
+pub fn signature_base_string(method: &str, base_url: &str, params: &[(String, String)]) -> String {
+    let mut enc: Vec<(String, String)> = params
+        .iter()
+        .filter(|(k, _)| k != "oauth_signature")
+        .map(|(k, v)| (percent_encode(k), percent_encode(v)))
+        .collect();
+    enc.sort();
+    let joined: Vec<String> = enc.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    format!(
+        "{}&{}&{}",
+        percent_encode(&method.to_ascii_uppercase()),
+        percent_encode(base_url),
+        percent_encode(&joined.join("&"))
+    )
+}
+
+/// `base64(HMAC-SHA1(enc(consumer_secret)&enc(token_secret), base))`.
+pub fn hmac_sha1(base: &str, consumer_secret: &str, token_secret: &str) -> String {
+    let key = format!(
+        "{}&{}",
+        percent_encode(consumer_secret),
+        percent_encode(token_secret)
+    );
+    // HMAC accepts keys of any length, so this cannot fail.
+    let mut mac = match Hmac::<Sha1>::new_from_slice(key.as_bytes()) {
+        Ok(mac) => mac,
+        Err(_) => return String::new(),
+    };
+    mac.update(base.as_bytes());
+    base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+}
+
+/// Normalised base URL of `url` (RFC 5849 §3.4.1.2): lower-case scheme and host, the port
+/// only when not the scheme's default, the path (`/` when empty), no query or fragment.
+pub fn normalized_url(url: &str) -> String {
+    split_url(url).0
+}
+
+/// Parses an `Authorization` header the way the server's `oauth` gem does: `None` unless it
+/// starts with `OAuth ` (case-sensitive); otherwise split on `,`, `=` and `&`, each piece
+/// trimmed, percent-decoded (a `+` stays a `+`) and stripped of surrounding quotes, paired up
+/// (last duplicate wins) and all but `oauth_*` names dropped. An odd piece count is malformed.
+pub fn parse_authorization_header(value: &str) -> Option<Result<Vec<(String, String)>, ()>> {
+    let rest = value.strip_prefix("OAuth ")?;
+    let pieces: Vec<String> = rest
+        .split([',', '=', '&'])
+        .map(|p| {
+            let decoded = percent_decode_str(p.trim())
+                .decode_utf8_lossy()
+                .into_owned();
+            match decoded.strip_prefix('"').and_then(|d| d.strip_suffix('"')) {
+                Some(inner) => inner.to_string(),
+                None => decoded,
+            }
+        })
+        .collect();
+    if !pieces.len().is_multiple_of(2) {
+        return Some(Err(()));
+    }
+    let mut map: Vec<(String, String)> = Vec::new();
+    for pair in pieces.chunks(2) {
+        let (k, v) = (pair[0].clone(), pair[1].clone());
+        if !k.starts_with("oauth_") {
+            continue;
+        }
+        map.retain(|(existing, _)| existing != &k);
+        map.push((k, v));
+    }
+    Some(Ok(map))
+}
+
+/// Verifies a request as the server does: parameters merged body ← query ← header (a later
+/// source and a later duplicate win), secret from `lookup` (an unknown consumer key gets the
+/// empty secret, as on the real server), checked once with every parameter and once without
+/// [`LEGACY_UNSIGNED`]. No nonce or timestamp check is made (the server makes none).
+pub fn verify(req: &Incoming<'_>, lookup: impl Fn(&str) -> Option<String>) -> Verdict {
+    let mut params: BTreeMap<String, String> = BTreeMap::new();
+    for (k, v) in req.form {
+        params.insert(k.clone(), v.clone());
+    }
+    let (base_url, query) = split_url(req.url);
+    for (k, v) in parse_pairs(query, &['&', ';']) {
+        params.insert(k, v);
+    }
+    if let Some(header) = req.authorization {
+        match parse_authorization_header(header) {
+            Some(Ok(pairs)) => params.extend(pairs),
+            Some(Err(())) => return Verdict::NoOAuth,
+            None => {}
+        }
+    }
+    let method = params
+        .get("oauth_signature_method")
+        .map(|m| m.to_ascii_lowercase());
+    let (Some(method), Some(signature), Some(key)) = (
+        method,
+        params.get("oauth_signature"),
+        params.get("oauth_consumer_key"),
+    ) else {
+        return Verdict::NoOAuth;
+    };
+    let secret = lookup(key).unwrap_or_default();
+    let ok = match method.as_str() {
+        "hmac-sha1" => {
+            let expected = ruby_decode64(signature);
+            let pass = |skip: &[&str]| -> bool {
+                let kept: Vec<(String, String)> = params
+                    .iter()
+                    .filter(|(k, _)| k.as_str() != "oauth_signature" && !skip.contains(&k.as_str()))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                let base = ruby_base_string(req.method, &base_url, &kept);
+                ruby_decode64(&hmac_sha1(&base, &secret, "")) == expected
+            };
+            pass(&[]) || pass(&LEGACY_UNSIGNED)
+        }
+        // The gem's PLAINTEXT signature is the escaped consumer and token secrets joined by `&`.
+        "plaintext" => *signature == format!("{}&", percent_encode(&secret)),
+        _ => return Verdict::NoOAuth,
+    };
+    if ok {
+        Verdict::Ok
+    } else {
+        Verdict::BadSignature
+    }
+}
+
+/// The gem's base string: keys are already unique and sorted by their raw bytes.
+fn ruby_base_string(method: &str, base_url: &str, sorted: &[(String, String)]) -> String {
+    let joined: Vec<String> = sorted
+        .iter()
+        .map(|(k, v)| format!("{}={}", percent_encode(k), percent_encode(v)))
+        .collect();
+    format!(
+        "{}&{}&{}",
+        percent_encode(&method.to_ascii_uppercase()),
+        percent_encode(base_url),
+        percent_encode(&joined.join("&"))
+    )
+}
+
+/// Ruby's lenient `Base64.decode64` (`unpack("m")`): characters outside the alphabet are
+/// skipped, a `=` in the third or fourth place of a group ends decoding, a partial last group
+/// yields what it can. Never fails.
+pub fn ruby_decode64(s: &str) -> Vec<u8> {
+    fn val(c: u8) -> Option<u32> {
+        match c {
+            b'A'..=b'Z' => Some(u32::from(c - b'A')),
+            b'a'..=b'z' => Some(u32::from(c - b'a') + 26),
+            b'0'..=b'9' => Some(u32::from(c - b'0') + 52),
+            b'+' => Some(62),
+            b'/' => Some(63),
+            _ => None,
+        }
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
+    let mut i = 0;
+    // Next alphabet character at or after `i`; `stop_at_pad` ends the search on `=`.
+    let next = |i: &mut usize, stop_at_pad: bool| -> Option<u32> {
+        while *i < bytes.len() {
+            let c = bytes[*i];
+            if let Some(v) = val(c) {
+                *i += 1;
+                return Some(v);
+            }
+            if stop_at_pad && c == b'=' {
+                return None;
+            }
+            *i += 1;
+        }
+        None
+    };
+    while let Some(a) = next(&mut i, false) {
+        let Some(b) = next(&mut i, false) else { break };
+        let Some(c) = next(&mut i, true) else {
+            out.push(((a << 2) | (b >> 4)) as u8);
+            break;
+        };
+        let Some(d) = next(&mut i, true) else {
+            out.push(((a << 2) | (b >> 4)) as u8);
+            out.push((((b << 4) | (c >> 2)) & 0xff) as u8);
+            break;
+        };
+        out.push(((a << 2) | (b >> 4)) as u8);
+        out.push((((b << 4) | (c >> 2)) & 0xff) as u8);
+        out.push((((c << 6) | d) & 0xff) as u8);
+    }
+    out
+}
+
+/// Splits `scheme://authority/path?query#frag` into (normalised base URL, raw query).
+fn split_url(url: &str) -> (String, &str) {
+    let url = url.split('#').next().unwrap_or("");
+    let (scheme, rest) = match url.split_once("://") {
+        Some((s, r)) => (s.to_ascii_lowercase(), r),
+        None => ("http".to_string(), url),
+    };
+    let (before_query, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let (authority, path) = match before_query.find('/') {
+        Some(i) => before_query.split_at(i),
+        None => (before_query, ""),
+    };
+    let authority = authority.to_ascii_lowercase();
+    let (host, port) = match authority.rfind(':') {
+        Some(i) if !authority[i..].contains(']') => (&authority[..i], Some(&authority[i + 1..])),
+        _ => (authority.as_str(), None),
+    };
+    let default = match scheme.as_str() {
+        "https" => "443",
+        _ => "80",
+    };
+    let port = match port {
+        Some(p) if !p.is_empty() && p != default => format!(":{p}"),
+        _ => String::new(),
+    };
+    let path = if path.is_empty() { "/" } else { path };
+    (format!("{scheme}://{host}{port}{path}"), query)
+}
+
+/// Splits a query or urlencoded body on `seps` and decodes `+` and `%XX` (invalid escapes are
+/// kept literally); a name without `=` gets the empty value, empty pieces are skipped.
+pub fn parse_pairs(s: &str, seps: &[char]) -> Vec<(String, String)> {
+    s.split(seps)
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (form_decode(k), form_decode(v))
+        })
+        .collect()
+}
+
+fn form_decode(s: &str) -> String {
+    percent_decode_str(&s.replace('+', " "))
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
+fn fresh_nonce() -> String {
+    format!("{:032x}", rand::rng().random::<u128>())
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    /// RFC 5849 §3.4.1.1 example (duplicate names, `+`, encoded `=`, empty values).
+    #[test]
+    fn rfc5849_base_string() {
+        let url = "http://EXAMPLE.COM:80/request?b5=%3D%253D&a3=a&c%40=&a2=r%20b";
+        let (base_url, query) = split_url(url);
+        assert_eq!(base_url, "http://example.com/request");
+        let mut all = parse_pairs(query, &['&']);
+        all.extend(parse_pairs("c2&a3=2+q", &['&']));
+        all.extend(pairs(&[
+            ("oauth_consumer_key", "9djdj82h48djs9d2"),
+            ("oauth_token", "kkk9d7dh3k39sjv7"),
+            ("oauth_signature_method", "HMAC-SHA1"),
+            ("oauth_timestamp", "137131201"),
+            ("oauth_nonce", "7d8f3e4a"),
+            ("oauth_signature", "ignored"),
+        ]));
+        assert_eq!(
+            signature_base_string("post", &base_url, &all),
+            "POST&http%3A%2F%2Fexample.com%2Frequest&a2%3Dr%2520b%26a3%3D2%2520q\
+             %26a3%3Da%26b5%3D%253D%25253D%26c%2540%3D%26c2%3D%26oauth_consumer_\
+             key%3D9djdj82h48djs9d2%26oauth_nonce%3D7d8f3e4a%26oauth_signature_m\
+             ethod%3DHMAC-SHA1%26oauth_timestamp%3D137131201%26oauth_token%3Dkkk\
+             9d7dh3k39sjv7"
+        );
+    }
+
+    /// OAuth Core 1.0 Appendix A.5 (photos.example.net), the classic HMAC-SHA1 vector.
+    #[test]
+    fn oauth_core_appendix_a_signature() {
+        let params = pairs(&[
+            ("file", "vacation.jpg"),
+            ("size", "original"),
+            ("oauth_consumer_key", "dpf43f3p2l4k3l03"),
+            ("oauth_token", "nnch734d00sl2jdk"),
+            ("oauth_signature_method", "HMAC-SHA1"),
+            ("oauth_timestamp", "1191242096"),
+            ("oauth_nonce", "kllo9940pd9333jh"),
+            ("oauth_version", "1.0"),
+        ]);
+        let base = signature_base_string("GET", "http://photos.example.net/photos", &params);
+        assert_eq!(
+            base,
+            "GET&http%3A%2F%2Fphotos.example.net%2Fphotos&file%3Dvacation.jpg%26\
+             oauth_consumer_key%3Ddpf43f3p2l4k3l03%26oauth_nonce%3Dkllo9940pd9333jh%26\
+             oauth_signature_method%3DHMAC-SHA1%26oauth_timestamp%3D1191242096%26\
+             oauth_token%3Dnnch734d00sl2jdk%26oauth_version%3D1.0%26size%3Doriginal"
+        );
+        assert_eq!(
+            hmac_sha1(&base, "kd94hf93k423kf44", "pfkkdhi9sl3r4s00"),
+            "tR3+Ty81lMeYAr/Fid0kMTYa/WM="
+        );
+    }
+
+    #[test]
+    fn normalises_urls() {
+        assert_eq!(
+            normalized_url("HTTPS://Host.Example:443"),
+            "https://host.example/"
+        );
+        assert_eq!(normalized_url("http://h:4567/a/b?x=1"), "http://h:4567/a/b");
+        assert_eq!(normalized_url("http://[::1]:80/p"), "http://[::1]/p");
+        assert_eq!(
+            normalized_url("https://[::1]:8443/p"),
+            "https://[::1]:8443/p"
+        );
+    }
+
+    fn lookup(key: &str) -> Option<String> {
+        (key == "I1").then(|| "S3cr3t".to_string())
+    }
+
+    #[test]
+    fn header_signature_verifies_and_tampering_fails() {
+        let url = "http://127.0.0.1:4567/params/2/I1";
+        let form = pairs(&[("audrey_data", "|ipaddress&MTAuMC4wLjU=|")]);
+        let header = authorization_header("PUT", url, &form, "I1", "S3cr3t");
+        let req = Incoming {
+            method: "PUT",
+            url,
+            authorization: Some(&header),
+            form: &form,
+        };
+        assert_eq!(verify(&req, lookup), Verdict::Ok);
+        let other = pairs(&[("audrey_data", "|ipaddress&MTAuMC4wLjY=|")]);
+        let tampered = Incoming {
+            form: &other,
+            ..req
+        };
+        assert_eq!(verify(&tampered, lookup), Verdict::BadSignature);
+        let moved = Incoming {
+            url: "http://localhost:4567/params/2/I1",
+            ..req
+        };
+        assert_eq!(verify(&moved, lookup), Verdict::BadSignature);
+        let wrong = authorization_header("PUT", url, &form, "I1", "nope");
+        let wrong = Incoming {
+            authorization: Some(&wrong),
+            ..req
+        };
+        assert_eq!(verify(&wrong, lookup), Verdict::BadSignature);
+    }
+
+    #[test]
+    fn legacy_client_signing_without_body_verifies() {
+        let url = "http://h/params/2/I1";
+        let header = authorization_header("PUT", url, &[], "I1", "S3cr3t");
+        let form = pairs(&[("audrey_data", "|&|")]);
+        let req = Incoming {
+            method: "PUT",
+            url,
+            authorization: Some(&header),
+            form: &form,
+        };
+        assert_eq!(verify(&req, lookup), Verdict::Ok);
+    }
+
+    #[test]
+    fn query_and_body_placement_verify() {
+        let base = "http://h:1/configs/2/I1";
+        let params = fresh_params("GET", base, &[], "I1", "S3cr3t");
+        let query: Vec<String> = params
+            .iter()
+            .map(|(k, v)| format!("{}={}", percent_encode(k), percent_encode(v)))
+            .collect();
+        let url = format!("{base}?{}", query.join("&"));
+        let req = Incoming {
+            method: "GET",
+            url: &url,
+            authorization: None,
+            form: &[],
+        };
+        assert_eq!(verify(&req, lookup), Verdict::Ok);
+
+        let mut form = pairs(&[("audrey_data", "|&|")]);
+        form.extend(fresh_params("PUT", base, &form, "I1", "S3cr3t"));
+        let req = Incoming {
+            method: "PUT",
+            url: base,
+            authorization: None,
+            form: &form,
+        };
+        assert_eq!(verify(&req, lookup), Verdict::Ok);
+    }
+
+    #[test]
+    fn unknown_consumer_verifies_with_empty_secret() {
+        let url = "http://h/auth";
+        let header = authorization_header("GET", url, &[], "stranger", "");
+        let req = Incoming {
+            method: "GET",
+            url,
+            authorization: Some(&header),
+            form: &[],
+        };
+        assert_eq!(verify(&req, lookup), Verdict::Ok);
+    }
+
+    #[test]
+    fn missing_or_malformed_oauth_is_no_oauth() {
+        let req = Incoming {
+            method: "GET",
+            url: "http://h/auth",
+            authorization: None,
+            form: &[],
+        };
+        assert_eq!(verify(&req, lookup), Verdict::NoOAuth);
+        let bad = Incoming {
+            authorization: Some("OAuth oauth_nonce"),
+            ..req
+        };
+        assert_eq!(verify(&bad, lookup), Verdict::NoOAuth);
+        let rsa = Incoming {
+            authorization: Some("OAuth oauth_signature_method=\"RSA-SHA1\", oauth_signature=\"x\", oauth_consumer_key=\"I1\""),
+            ..req
+        };
+        assert_eq!(verify(&rsa, lookup), Verdict::NoOAuth);
+        let basic = Incoming {
+            authorization: Some("Basic Zm9vOmJhcg=="),
+            ..req
+        };
+        assert_eq!(verify(&basic, lookup), Verdict::NoOAuth);
+    }
+
+    #[test]
+    fn plaintext_signature() {
+        let header = "OAuth oauth_consumer_key=\"I1\", oauth_signature_method=\"PLAINTEXT\", oauth_signature=\"S3cr3t%26\"";
+        let req = Incoming {
+            method: "GET",
+            url: "http://h/auth",
+            authorization: Some(header),
+            form: &[],
+        };
+        assert_eq!(verify(&req, lookup), Verdict::Ok);
+    }
+
+    #[test]
+    fn header_parsing_follows_the_gem() {
+        let parsed = parse_authorization_header(
+            "OAuth realm=\"x\", oauth_consumer_key=\"a%20b\",oauth_nonce=\"n+1\"",
+        );
+        assert_eq!(
+            parsed,
+            Some(Ok(pairs(&[
+                ("oauth_consumer_key", "a b"),
+                ("oauth_nonce", "n+1")
+            ])))
+        );
+        assert_eq!(parse_authorization_header("oauth x=\"y\""), None);
+        assert_eq!(
+            parse_authorization_header("OAuth a=\"b\", c"),
+            Some(Err(()))
+        );
+    }
+
+    #[test]
+    fn lenient_base64_like_ruby() {
+        assert_eq!(ruby_decode64("MTAuMC4wLjU="), b"10.0.0.5");
+        assert_eq!(ruby_decode64("MTAu\nMC4w LjU="), b"10.0.0.5");
+        assert_eq!(ruby_decode64("MA=="), b"0");
+        assert_eq!(ruby_decode64("MA"), b"0");
+        assert_eq!(ruby_decode64("M"), b"");
+        assert_eq!(ruby_decode64("!!"), b"");
+        assert_eq!(ruby_decode64("YWJj=ZGVm"), b"abcdef");
+    }
+}
