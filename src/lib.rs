@@ -13,6 +13,7 @@ pub mod config;
 pub mod metrics;
 pub mod oauth;
 pub mod proxy;
+pub mod replay;
 pub mod serve;
 pub mod store;
 pub mod tls;
