@@ -106,7 +106,8 @@ impl Site {
         Some(String::from_utf8(bytes).unwrap())
     }
 
-    /// The names `GET /params/2/<uuid>` still asks for (signed as the instance).
+    /// The names `GET /params/2/<uuid>` still asks for (signed as the instance): v2 lists
+    /// the missing parameters, then the services (`|ipaddress||`; `|||` once reported).
     pub async fn missing(&self, x: &InstanceXml) -> String {
         let creds = Creds::new(&x.uuid, &x.secret);
         let r = self.client.get_params(2, &x.uuid, &creds).await.unwrap();
@@ -212,7 +213,7 @@ async fn registration_replayed_when_unknown() {
         Some("secret-X1")
     );
     // The instance's own credentials work here now: the registration really happened.
-    assert_eq!(site.missing(&x).await, "|ipaddress|");
+    assert_eq!(site.missing(&x).await, "|ipaddress||");
 }
 
 #[tokio::test]
@@ -232,13 +233,13 @@ async fn registration_not_reposted_when_known() {
         .await
         .unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(site.missing(&x).await, "||");
+    assert_eq!(site.missing(&x).await, "|||");
 
     // The same instance registered at the peer arrives: recorded, but never re-POSTed
     // (a re-POST would wipe the value reported above).
     let outcome = site.replayer.apply(registration(PEER, 7, 1, &x)).await;
     assert_eq!(outcome, Ok(Outcome::Applied));
-    assert_eq!(site.missing(&x).await, "||");
+    assert_eq!(site.missing(&x).await, "|||");
     assert_eq!(site.ip("X1").await, (200, "127.0.0.1".to_owned()));
     assert_eq!(site.store.applied_seq(PEER, "X1").unwrap(), 1);
 }
@@ -311,7 +312,11 @@ async fn duplicates_have_no_second_effect() {
     let older = params(PEER, 9, 4, "X1", "192.0.2.3", "198.51.100.3");
     assert_eq!(site.replayer.apply(older).await, Ok(Outcome::Duplicate));
     // A fresh replayer (empty id cache, as after a restart) decides from the store.
-    let fresh = replayer(site.emu.addr(), site.store.clone(), &ReplayConfig::default());
+    let fresh = replayer(
+        site.emu.addr(),
+        site.store.clone(),
+        &ReplayConfig::default(),
+    );
     assert_eq!(fresh.apply(first).await, Ok(Outcome::Duplicate));
 
     assert_eq!(site.peer_ip(&y).await.as_deref(), Some("192.0.2.2"));
@@ -328,11 +333,18 @@ async fn deletion_applied_and_repeat_harmless() {
     let d = deletion(PEER, 20, DEPLOYMENT);
     assert_eq!(site.replayer.apply(d.clone()).await, Ok(Outcome::Applied));
     assert_eq!(site.ip("X1").await.0, 404);
-    assert_eq!(site.store.applied_deletion_seq(PEER, DEPLOYMENT).unwrap(), 20);
+    assert_eq!(
+        site.store.applied_deletion_seq(PEER, DEPLOYMENT).unwrap(),
+        20
+    );
 
     // Redelivered: a duplicate, even without the id cache.
     assert_eq!(site.replayer.apply(d.clone()).await, Ok(Outcome::Duplicate));
-    let fresh = replayer(site.emu.addr(), site.store.clone(), &ReplayConfig::default());
+    let fresh = replayer(
+        site.emu.addr(),
+        site.store.clone(),
+        &ReplayConfig::default(),
+    );
     assert_eq!(fresh.apply(d).await, Ok(Outcome::Duplicate));
     // The same deployment deleted at a third site too: the server answers 404, still applied.
     let other = deletion("site-c", 3, DEPLOYMENT);

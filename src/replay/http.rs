@@ -125,17 +125,18 @@ impl LocalServer {
         guest: Option<IpAddr>,
     ) -> Result<StatusCode, ReplayError> {
         let name = method_name(&method);
+        // The server rebuilds `http://<Host><path>` and verifies signatures over it; the
+        // client sends the path in origin form.
+        let url = format!("http://{}{path}", self.authority);
         let mut builder = Request::builder()
             .method(method)
-            .uri(&path)
+            .uri(&url)
             .header(HOST, self.authority.as_str());
         if let Some(addr) = guest {
             builder = builder.header("x-forwarded-for", addr.to_string());
         }
         let body = match form {
             Some((fields, signer)) => {
-                // The server rebuilds `http://<Host><path>` and verifies over it.
-                let url = format!("http://{}{path}", self.authority);
                 let auth = crate::oauth::authorization_header(
                     name,
                     &url,

@@ -27,7 +27,11 @@ async fn server_down_is_transient_then_applies() {
             other => panic!("expected Unreachable, got {other:?}"),
         }
     }
-    assert_eq!(site.store.applied_seq(PEER, "X1").unwrap(), 1, "nothing settled");
+    assert_eq!(
+        site.store.applied_seq(PEER, "X1").unwrap(),
+        1,
+        "nothing settled"
+    );
     assert!(site.store.parked().unwrap().is_empty());
     assert_eq!(site.ip("X1").await, (200, "10.0.0.1".to_owned()));
 
@@ -72,7 +76,10 @@ async fn hung_server_times_out() {
 async fn stale_instance_secret_falls_back_to_conductor() {
     let site = Site::start().await;
     site.register_locally(&provider("X1")).await;
-    site.store.remember_secret("X1", "not-the-secret").await.unwrap();
+    site.store
+        .remember_secret("X1", "not-the-secret")
+        .await
+        .unwrap();
     let c = params(PEER, 1, 1, "X1", "192.0.2.1", "10.0.0.1");
     assert_eq!(site.replayer.apply(c).await, Ok(Outcome::Applied));
     assert_eq!(site.ip("X1").await, (200, "10.0.0.1".to_owned()));
@@ -100,4 +107,25 @@ async fn wrong_conductor_secret_is_transient() {
     assert_eq!(site.store.inbound_dead_letter_count(), 0, "nothing dropped");
     // Fixed credentials: the same change applies.
     assert_eq!(site.replayer.apply(reg).await, Ok(Outcome::Applied));
+}
+
+#[tokio::test]
+async fn params_signed_with_the_instances_own_secret() {
+    let site = Site::start().await;
+    let reg = registration(PEER, 1, 1, &provider("X1"));
+    assert_eq!(site.replayer.apply(reg).await, Ok(Outcome::Applied));
+    // Conductor's secret is wrong here, so only the instance's own signature can pass.
+    let own_only = audrey_federation::replay::Replayer::new(
+        super::SITE,
+        site.emu.addr().to_string().parse().unwrap(),
+        audrey_federation::replay::Conductor {
+            key: "conductor".into(),
+            secret: "wrong".into(),
+        },
+        site.store.clone(),
+        &ReplayConfig::default(),
+    );
+    let c = params(PEER, 2, 2, "X1", "192.0.2.1", "10.0.0.1");
+    assert_eq!(own_only.apply(c).await, Ok(Outcome::Applied));
+    assert_eq!(site.ip("X1").await, (200, "10.0.0.1".to_owned()));
 }
