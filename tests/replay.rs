@@ -388,6 +388,31 @@ async fn invalid_changes_are_dead_lettered() {
 }
 
 #[tokio::test]
+async fn instance_secrets_are_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), SITE).unwrap();
+    assert_eq!(store.instance_secret("X1").unwrap(), None);
+    // A recorded registration remembers its secret, in the same transaction.
+    store
+        .record_applied(&registration(PEER, 1, 1, &provider("X1")))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.instance_secret("X1").unwrap().as_deref(),
+        Some("secret-X1")
+    );
+    store.remember_secret("X2", "s2").await.unwrap();
+    store.remember_secret("X2", "s2b").await.unwrap();
+    store.close().await.unwrap();
+    let store = Store::open(dir.path(), SITE).unwrap();
+    assert_eq!(
+        store.instance_secret("X1").unwrap().as_deref(),
+        Some("secret-X1")
+    );
+    assert_eq!(store.instance_secret("X2").unwrap().as_deref(), Some("s2b"));
+}
+
+#[tokio::test]
 async fn metrics_are_recorded() {
     static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
         std::sync::OnceLock::new();

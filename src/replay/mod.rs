@@ -144,9 +144,7 @@ impl Replayer {
     /// Delay before retrying after the `attempt`-th consecutive [`ReplayError`] (1, 2, ...):
     /// 100 ms doubling, capped at `replay.retry_max`.
     pub fn retry_delay(&self, attempt: u32) -> Duration {
-        let doubled =
-            Duration::from_millis(100).saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
-        doubled.min(self.retry_max.max(Duration::from_millis(1)))
+        backoff(attempt, self.retry_max)
     }
 
     /// Apply one inbound change. Returns once its outcome is durable; on `Err` nothing was
@@ -213,5 +211,38 @@ impl Replayer {
             "replayed"
         );
         Ok(Outcome::Applied)
+    }
+}
+
+/// 100 ms doubling per attempt (1, 2, ...), capped at `max` (at least 1 ms).
+fn backoff(attempt: u32, max: Duration) -> Duration {
+    let doubled =
+        Duration::from_millis(100).saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
+    doubled.min(max.max(Duration::from_millis(1)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let max = Duration::from_secs(10);
+        let delays: Vec<u64> = [0, 1, 2, 3, 7, 8, 40, u32::MAX]
+            .iter()
+            .map(|&a| backoff(a, max).as_millis() as u64)
+            .collect();
+        assert_eq!(delays, [100, 100, 200, 400, 6400, 10_000, 10_000, 10_000]);
+        assert_eq!(backoff(5, Duration::ZERO), Duration::from_millis(1));
+    }
+
+    #[test]
+    fn conductor_debug_hides_the_secret() {
+        let c = Conductor {
+            key: "conductor".into(),
+            secret: "hunter2".into(),
+        };
+        let shown = format!("{c:?}");
+        assert!(shown.contains("conductor") && !shown.contains("hunter2"));
     }
 }

@@ -19,7 +19,7 @@ async fn server_down_is_transient_then_applies() {
     // Warm the keep-alive pool, then take the server away.
     let first = params(PEER, 1, 1, "X1", "192.0.2.1", "10.0.0.1");
     assert_eq!(replayer.apply(first).await, Ok(Outcome::Applied));
-    relay.down();
+    relay.down().await;
     let c = params(PEER, 2, 2, "X1", "192.0.2.2", "10.0.0.2");
     for _ in 0..2 {
         match replayer.apply(c.clone()).await {
@@ -46,7 +46,7 @@ async fn registration_with_server_down_is_retried_not_lost() {
     let site = Site::start().await;
     let relay = Relay::start(site.emu.addr()).await;
     let replayer = replayer(relay.addr(), site.store.clone(), &ReplayConfig::default());
-    relay.down();
+    relay.down().await;
     let reg = registration(PEER, 1, 1, &provider("X1"));
     assert!(matches!(
         replayer.apply(reg.clone()).await,
