@@ -363,8 +363,14 @@ async fn invalid_changes_are_dead_lettered() {
     bad_addr.client_addr = Some("somewhere".into());
     let mut no_deployment = deletion(PEER, 4, DEPLOYMENT);
     no_deployment.deployment = None;
+    // Well-formed as a change, refused by the server (400): never retried.
+    let mut bad_xml = registration(PEER, 5, 1, &provider("X5"));
+    bad_xml.event = Event::Registration {
+        instance_config: "<instance-config".into(),
+        secret: "s".into(),
+    };
 
-    for c in [no_instance, bad_version, bad_addr, no_deployment] {
+    for c in [no_instance, bad_version, bad_addr, no_deployment, bad_xml] {
         assert_eq!(
             site.replayer.apply(c.clone()).await,
             Ok(Outcome::DeadLettered),
@@ -380,8 +386,10 @@ async fn invalid_changes_are_dead_lettered() {
             "api_version 7 is not 1 or 2",
             "client_addr \"somewhere\" is not an IP address",
             "deletion without a deployment",
+            "local server answered 400 Bad Request to the registration",
         ]
     );
+    assert_eq!(site.ip("X5").await.0, 404);
     // The change itself is kept.
     let kept: Change = serde_json::from_slice(&letters[1].raw).unwrap();
     assert_eq!(kept.instance.as_deref(), Some("X2"));
