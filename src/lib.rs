@@ -14,6 +14,7 @@ pub mod learn;
 pub mod metrics;
 pub mod oauth;
 pub mod proxy;
+pub mod replay;
 pub mod serve;
 pub mod store;
 pub mod tls;

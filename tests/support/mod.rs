@@ -1,5 +1,5 @@
 //! Shared test harness: real processes of our binaries (sidecar, emulator), a real broker,
-//! test certificates, a small HTTP client. Each test binary uses part of it.
+//! test certificates, a small HTTP client, a TCP relay. Each test binary uses part of it.
 #![allow(dead_code)]
 
 pub mod broker;
@@ -7,5 +7,6 @@ pub mod broker_layout;
 pub mod certs;
 pub mod client;
 pub mod emulator;
+pub mod relay;
 pub mod sidecar;
 pub mod upstream;
