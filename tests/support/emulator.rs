@@ -66,7 +66,10 @@ impl Emulator {
                 .unwrap_or("storage")
         ));
         std::fs::write(&secret_file, &opts.conductor.secret)?;
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_audrey-config-server-emulator"));
+        let mut cmd = Command::new(super::bin(
+            option_env!("CARGO_BIN_EXE_audrey-config-server-emulator"),
+            "audrey-config-server-emulator",
+        ));
         cmd.arg("--listen")
             .arg("127.0.0.1:0")
             .arg("--storage-dir")

@@ -10,3 +10,17 @@ pub mod emulator;
 pub mod relay;
 pub mod sidecar;
 pub mod upstream;
+
+/// Path of one of our binaries: Cargo's `CARGO_BIN_EXE_*` in tests, else (the demo example)
+/// the binary beside `target/<profile>/examples/`.
+pub fn bin(from_cargo: Option<&'static str>, name: &str) -> std::path::PathBuf {
+    if let Some(p) = from_cargo {
+        return p.into();
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    let profile_dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target/<profile>");
+    profile_dir.join(name)
+}

@@ -48,15 +48,18 @@ impl Sidecar {
             .append(true)
             .open(dir.join("sidecar.log"))
             .unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_audrey-federation"))
-            .arg("run")
-            .arg("--config")
-            .arg(&config)
-            .env("AUDREY_FEDERATION_LOG", "info,audrey_federation=debug")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("spawn audrey-federation");
+        let mut child = Command::new(super::bin(
+            option_env!("CARGO_BIN_EXE_audrey-federation"),
+            "audrey-federation",
+        ))
+        .arg("run")
+        .arg("--config")
+        .arg(&config)
+        .env("AUDREY_FEDERATION_LOG", "info,audrey_federation=debug")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log))
+        .spawn()
+        .expect("spawn audrey-federation");
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
