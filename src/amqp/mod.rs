@@ -5,8 +5,11 @@
 //! hard-coded broker-specific forms. This module must not touch the outbox or the HTTP path.
 
 pub mod backoff;
+pub mod codec;
 pub mod connection;
+pub mod publisher;
 mod sasl;
 
 pub use backoff::Backoff;
 pub use connection::{connect, AmqpError, Endpoint};
+pub use publisher::{run_publisher, PublishError};
