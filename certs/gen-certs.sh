@@ -65,13 +65,15 @@ if [ -f "$out/ca.pem" ] && [ -f "$out/ca.key" ]; then
     echo "reusing CA $out/ca.pem"
 else
     new_key "$out/ca.key"
+    # A unique name per CA, so two development PKIs are never mistaken for each other.
+    ca_id=$(openssl rand -hex 4)
     cat >"$tmp/ca.ext" <<CAEXT
 [req]
 distinguished_name = dn
 x509_extensions = v3_ca
 prompt = no
 [dn]
-CN = audrey-federation development CA
+CN = audrey-federation development CA $ca_id
 [v3_ca]
 basicConstraints = critical, CA:TRUE, pathlen:0
 keyUsage = critical, keyCertSign, cRLSign

@@ -27,13 +27,20 @@ impl Backoff<StdRng> {
 
 impl<R: Rng> Backoff<R> {
     pub fn with_rng(initial: Duration, max: Duration, rng: R) -> Self {
-        Backoff { initial, max: max.max(initial), attempt: 0, rng }
+        Backoff {
+            initial,
+            max: max.max(initial),
+            attempt: 0,
+            rng,
+        }
     }
 
     /// The upper bound of the next delay: `min(max, initial * 2^attempt)`.
     pub fn ceiling(&self) -> Duration {
         let factor = 1u32.checked_shl(self.attempt.min(31)).unwrap_or(u32::MAX);
-        self.initial.checked_mul(factor).map_or(self.max, |d| d.min(self.max))
+        self.initial
+            .checked_mul(factor)
+            .map_or(self.max, |d| d.min(self.max))
     }
 
     /// Draws the next delay and moves one step up.
@@ -60,7 +67,11 @@ mod tests {
     use super::*;
 
     fn seeded(initial_ms: u64, max_ms: u64) -> Backoff {
-        Backoff::with_rng(Duration::from_millis(initial_ms), Duration::from_millis(max_ms), StdRng::seed_from_u64(7))
+        Backoff::with_rng(
+            Duration::from_millis(initial_ms),
+            Duration::from_millis(max_ms),
+            StdRng::seed_from_u64(7),
+        )
     }
 
     #[test]
@@ -84,7 +95,11 @@ mod tests {
             assert!(d <= ceiling, "{d:?} > {ceiling:?}");
             seen.insert(d);
         }
-        assert!(seen.len() > 400, "delays are not jittered: {} distinct", seen.len());
+        assert!(
+            seen.len() > 400,
+            "delays are not jittered: {} distinct",
+            seen.len()
+        );
     }
 
     #[test]

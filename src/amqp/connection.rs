@@ -1,7 +1,7 @@
 //! Opening one AMQP 1.0 connection to the broker: TCP, mutual TLS (rustls), SASL, `open`.
 //!
-//! Owns URL parsing, loading the PEM trust anchor and client identity, the TLS handshake, and
-//! turning every failure into a distinct [`AmqpError`]. TLS is established first on the raw
+//! Owns URL parsing, the order of the steps, and the bound on their total time; PEM loading and
+//! TLS error naming live in [`super::tls`], the error type in [`super::error`]. TLS is established first on the raw
 //! socket ("alternative TLS establishment", no AMQP TLS header, which RabbitMQ does not speak),
 //! then SASL runs on the TLS stream through [`super::sasl`] (see there why the crate's EXTERNAL
 //! is not used), and the authenticated stream is handed to fe2o3-amqp's
@@ -9,20 +9,17 @@
 //! (callers own backoff) nor open sessions or links, and never prints a password.
 
 use std::io;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
-use fe2o3_amqp::connection::{ConnectionHandle, OpenError};
+use fe2o3_amqp::connection::ConnectionHandle;
 use fe2o3_amqp::Connection;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use rustls::{AlertDescription, ClientConfig, RootCertStore};
+use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
 
+use super::error::AmqpError;
 use super::sasl::{self, Mechanism, SaslError};
+use super::tls::{classify_io, tls_connector};
 use crate::config::{AmqpConfig, SaslMechanism};
 
 /// Upper bound for TCP + TLS + SASL + open (RabbitMQ delays a failed SASL outcome by 3 s).
@@ -30,70 +27,6 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 /// Idle timeout announced to the broker: it sends heartbeats at least every half of it, and the
 /// connection is declared dead when nothing arrives for this long.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Why a connection could not be opened. Every variant says what to check.
-#[derive(Debug, thiserror::Error)]
-pub enum AmqpError {
-    #[error("amqp.url {url:?}: {reason}")]
-    BadUrl { url: String, reason: String },
-    #[error("plain amqp:// is refused without amqp.allow_insecure = true")]
-    InsecureRefused,
-    #[error("amqp.{key} is required for this connection: {reason}")]
-    Missing { key: &'static str, reason: &'static str },
-    #[error("cannot use PEM file {path}: {reason}")]
-    BadPem { path: PathBuf, reason: String },
-    #[error("cannot read amqp.password_file {path}: {source}")]
-    PasswordFile { path: PathBuf, source: io::Error },
-    #[error("client certificate {cert} and key {key} do not form a usable identity: {reason}")]
-    BadIdentity { cert: PathBuf, key: PathBuf, reason: String },
-    #[error("cannot resolve broker host {host:?}: {source}")]
-    Resolve { host: String, source: io::Error },
-    #[error("connection refused by {addr}: is the broker running and listening there?")]
-    ConnectionRefused { addr: String },
-    #[error("cannot reach broker {addr}: {source}")]
-    Unreachable { addr: String, source: io::Error },
-    #[error("broker requires a client certificate (TLS alert {alert}): set amqp.cert and amqp.key")]
-    ClientCertificateRequired { alert: String },
-    #[error(
-        "broker does not trust our client certificate (TLS alert {alert}): it was not issued by a CA the broker trusts"
-    )]
-    ClientCertificateRejected { alert: String },
-    #[error("broker certificate rejected ({reason}): check amqp.ca and that the URL host is in the certificate")]
-    ServerCertificateRejected { reason: String },
-    #[error("TLS failure with {addr}: {source}")]
-    Tls { addr: String, source: rustls::Error },
-    #[error("broker does not offer SASL {mechanism} (offered: {offered})")]
-    SaslNotOffered { mechanism: &'static str, offered: String },
-    #[error(
-        "broker refused SASL {mechanism} authentication (outcome {code}): {hint}"
-    )]
-    SaslAuthFailed { mechanism: &'static str, code: &'static str, hint: &'static str },
-    #[error("SASL protocol error with {addr}: {reason}")]
-    SaslProtocol { addr: String, reason: String },
-    #[error("connection to {addr} dropped during {stage}: {source}")]
-    Io { addr: String, stage: &'static str, source: io::Error },
-    #[error("AMQP open with {addr} failed: {source}")]
-    Open { addr: String, source: OpenError },
-    #[error("connecting to {addr} timed out after {after:?}")]
-    Timeout { addr: String, after: Duration },
-}
-
-impl AmqpError {
-    /// True when retrying later may succeed without an operator changing anything
-    /// (the broker is down, restarting or slow); false for configuration and identity problems.
-    pub fn is_transient(&self) -> bool {
-        match self {
-            AmqpError::ConnectionRefused { .. }
-            | AmqpError::Unreachable { .. }
-            | AmqpError::Resolve { .. }
-            | AmqpError::Io { .. }
-            | AmqpError::Open { .. }
-            | AmqpError::Timeout { .. } => true,
-            AmqpError::SaslAuthFailed { code, .. } => *code == "sys-temp" || *code == "sys",
-            _ => false,
-        }
-    }
-}
 
 /// Where to connect, parsed from `amqp.url`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,8 +41,13 @@ impl Endpoint {
     /// Parses `amqps://host[:port][/]` or `amqp://…` (default ports 5671 / 5672). Credentials
     /// in the URL are refused: secrets belong in files.
     pub fn parse(url: &str) -> Result<Endpoint, AmqpError> {
-        let bad = |reason: &str| AmqpError::BadUrl { url: url.to_owned(), reason: reason.to_owned() };
-        let (scheme, rest) = url.split_once("://").ok_or_else(|| bad("expected amqps://host:port"))?;
+        let bad = |reason: &str| AmqpError::BadUrl {
+            url: url.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let (scheme, rest) = url
+            .split_once("://")
+            .ok_or_else(|| bad("expected amqps://host:port"))?;
         let tls = match scheme {
             "amqps" => true,
             "amqp" => false,
@@ -120,14 +58,21 @@ impl Endpoint {
             return Err(bad("must not carry a path, query or fragment"));
         }
         if authority.contains('@') {
-            return Err(bad("must not carry credentials; use amqp.username and amqp.password_file"));
+            return Err(bad(
+                "must not carry credentials; use amqp.username and amqp.password_file",
+            ));
         }
         let default_port = if tls { 5671 } else { 5672 };
         let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-            let (host, after) = v6.split_once(']').ok_or_else(|| bad("unclosed '[' in host"))?;
+            let (host, after) = v6
+                .split_once(']')
+                .ok_or_else(|| bad("unclosed '[' in host"))?;
             match after {
                 "" => (host, None),
-                p => (host, Some(p.strip_prefix(':').ok_or_else(|| bad("junk after ']'"))?)),
+                p => (
+                    host,
+                    Some(p.strip_prefix(':').ok_or_else(|| bad("junk after ']'"))?),
+                ),
             }
         } else {
             match authority.rsplit_once(':') {
@@ -139,10 +84,18 @@ impl Endpoint {
             return Err(bad("missing host"));
         }
         let port = match port {
-            Some(p) => p.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| bad("bad port"))?,
+            Some(p) => p
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| bad("bad port"))?,
             None => default_port,
         };
-        Ok(Endpoint { tls, host: host.to_owned(), port })
+        Ok(Endpoint {
+            tls,
+            host: host.to_owned(),
+            port,
+        })
     }
 
     fn addr(&self) -> String {
@@ -156,7 +109,10 @@ impl Endpoint {
 
 /// Opens an authenticated AMQP connection as described by `cfg`. Files are read and checked
 /// before any network traffic. Cancel-safe: dropping the future drops the half-open socket.
-pub async fn connect(cfg: &AmqpConfig, container_id: &str) -> Result<ConnectionHandle<()>, AmqpError> {
+pub async fn connect(
+    cfg: &AmqpConfig,
+    container_id: &str,
+) -> Result<ConnectionHandle<()>, AmqpError> {
     let ep = Endpoint::parse(&cfg.url)?;
     if !ep.tls && !cfg.allow_insecure {
         return Err(AmqpError::InsecureRefused);
@@ -167,20 +123,27 @@ pub async fn connect(cfg: &AmqpConfig, container_id: &str) -> Result<ConnectionH
     };
     let mechanism = match (&cfg.sasl, &password) {
         (SaslMechanism::Plain, Some(password)) => {
-            let username = cfg
-                .username
-                .as_deref()
-                .ok_or(AmqpError::Missing { key: "username", reason: "sasl = \"plain\"" })?;
+            let username = cfg.username.as_deref().ok_or(AmqpError::Missing {
+                key: "username",
+                reason: "sasl = \"plain\"",
+            })?;
             Mechanism::Plain { username, password }
         }
         _ => {
             if !ep.tls {
-                return Err(AmqpError::Missing { key: "url", reason: "sasl = \"external\" needs amqps://" });
+                return Err(AmqpError::Missing {
+                    key: "url",
+                    reason: "sasl = \"external\" needs amqps://",
+                });
             }
             Mechanism::External
         }
     };
-    let connector = if ep.tls { Some(tls_connector(cfg)?) } else { None };
+    let connector = if ep.tls {
+        Some(tls_connector(cfg)?)
+    } else {
+        None
+    };
     let has_cert = cfg.cert.is_some();
     let addr = ep.addr();
 
@@ -189,11 +152,15 @@ pub async fn connect(cfg: &AmqpConfig, container_id: &str) -> Result<ConnectionH
         let _ = tcp.set_nodelay(true);
         match connector {
             Some(connector) => {
-                let name = ServerName::try_from(ep.host.clone()).map_err(|_| AmqpError::BadUrl {
-                    url: cfg.url.clone(),
-                    reason: "host is not a valid TLS server name".into(),
-                })?;
-                let tls = connector.connect(name, tcp).await.map_err(|e| classify_io(e, &addr, "TLS handshake", has_cert))?;
+                let name =
+                    ServerName::try_from(ep.host.clone()).map_err(|_| AmqpError::BadUrl {
+                        url: cfg.url.clone(),
+                        reason: "host is not a valid TLS server name".into(),
+                    })?;
+                let tls = connector
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| classify_io(e, &addr, "TLS handshake", has_cert))?;
                 open(tls, &ep, &mechanism, container_id, has_cert).await
             }
             None => open(tcp, &ep, &mechanism, container_id, has_cert).await,
@@ -201,7 +168,10 @@ pub async fn connect(cfg: &AmqpConfig, container_id: &str) -> Result<ConnectionH
     };
     tokio::time::timeout(CONNECT_TIMEOUT, attempt)
         .await
-        .map_err(|_| AmqpError::Timeout { addr: ep.addr(), after: CONNECT_TIMEOUT })?
+        .map_err(|_| AmqpError::Timeout {
+            addr: ep.addr(),
+            after: CONNECT_TIMEOUT,
+        })?
 }
 
 async fn open<Io>(
@@ -244,7 +214,10 @@ where
 async fn tcp_connect(ep: &Endpoint) -> Result<TcpStream, AmqpError> {
     let addrs: Vec<_> = tokio::net::lookup_host((ep.host.as_str(), ep.port))
         .await
-        .map_err(|source| AmqpError::Resolve { host: ep.host.clone(), source })?
+        .map_err(|source| AmqpError::Resolve {
+            host: ep.host.clone(),
+            source,
+        })?
         .collect();
     let mut last = io::Error::new(io::ErrorKind::NotFound, "host resolved to no address");
     for a in addrs {
@@ -255,100 +228,23 @@ async fn tcp_connect(ep: &Endpoint) -> Result<TcpStream, AmqpError> {
     }
     Err(match last.kind() {
         io::ErrorKind::ConnectionRefused => AmqpError::ConnectionRefused { addr: ep.addr() },
-        _ => AmqpError::Unreachable { addr: ep.addr(), source: last },
+        _ => AmqpError::Unreachable {
+            addr: ep.addr(),
+            source: last,
+        },
     })
 }
 
-/// Finds a rustls error inside an I/O error and names it; TLS 1.3 reports the broker's verdict
-/// on our certificate as an alert on the first read after the handshake, hence `stage`.
-fn classify_io(e: io::Error, addr: &str, stage: &'static str, has_cert: bool) -> AmqpError {
-    let Some(tls) = e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) else {
-        return AmqpError::Io { addr: addr.to_owned(), stage, source: e };
-    };
-    let alert = |a: &AlertDescription| format!("{a:?}");
-    match tls {
-        rustls::Error::AlertReceived(a @ AlertDescription::CertificateRequired) => {
-            AmqpError::ClientCertificateRequired { alert: alert(a) }
-        }
-        rustls::Error::AlertReceived(a @ AlertDescription::HandshakeFailure) if !has_cert => {
-            AmqpError::ClientCertificateRequired { alert: alert(a) }
-        }
-        rustls::Error::AlertReceived(
-            a @ (AlertDescription::UnknownCA
-            | AlertDescription::BadCertificate
-            | AlertDescription::UnsupportedCertificate
-            | AlertDescription::CertificateExpired
-            | AlertDescription::CertificateRevoked
-            | AlertDescription::CertificateUnknown
-            | AlertDescription::AccessDenied),
-        ) if has_cert => AmqpError::ClientCertificateRejected { alert: alert(a) },
-        rustls::Error::InvalidCertificate(reason) => {
-            AmqpError::ServerCertificateRejected { reason: format!("{reason:?}") }
-        }
-        other => AmqpError::Tls { addr: addr.to_owned(), source: other.clone() },
-    }
-}
-
 fn read_password(cfg: &AmqpConfig) -> Result<String, AmqpError> {
-    let path = cfg
-        .password_file
-        .as_deref()
-        .ok_or(AmqpError::Missing { key: "password_file", reason: "sasl = \"plain\"" })?;
-    let text = std::fs::read_to_string(path).map_err(|source| AmqpError::PasswordFile { path: path.to_owned(), source })?;
+    let path = cfg.password_file.as_deref().ok_or(AmqpError::Missing {
+        key: "password_file",
+        reason: "sasl = \"plain\"",
+    })?;
+    let text = std::fs::read_to_string(path).map_err(|source| AmqpError::PasswordFile {
+        path: path.to_owned(),
+        source,
+    })?;
     Ok(text.trim_end_matches(['\r', '\n']).to_owned())
-}
-
-/// rustls client config: trusts only `amqp.ca`, presents `amqp.cert`/`amqp.key` if set.
-fn tls_connector(cfg: &AmqpConfig) -> Result<TlsConnector, AmqpError> {
-    let ca = cfg.ca.as_deref().ok_or(AmqpError::Missing { key: "ca", reason: "amqps:// trusts only this CA" })?;
-    let mut roots = RootCertStore::empty();
-    for cert in load_certs(ca)? {
-        roots.add(cert).map_err(|e| bad_pem(ca, format!("not a usable CA certificate: {e}")))?;
-    }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let builder = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| AmqpError::Tls { addr: cfg.url.clone(), source: e })?
-        .with_root_certificates(roots);
-    let config = match (&cfg.cert, &cfg.key) {
-        (Some(cert), Some(key)) => {
-            let chain = load_certs(cert)?;
-            let private = PrivateKeyDer::from_pem_file(key).map_err(|e| bad_pem(key, pem_reason(e, "PRIVATE KEY")))?;
-            builder.with_client_auth_cert(chain, private).map_err(|e| AmqpError::BadIdentity {
-                cert: cert.clone(),
-                key: key.clone(),
-                reason: e.to_string(),
-            })?
-        }
-        (None, None) => builder.with_no_client_auth(),
-        (Some(_), None) => return Err(AmqpError::Missing { key: "key", reason: "amqp.cert is set" }),
-        (None, Some(_)) => return Err(AmqpError::Missing { key: "cert", reason: "amqp.key is set" }),
-    };
-    Ok(TlsConnector::from(Arc::new(config)))
-}
-
-fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, AmqpError> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| bad_pem(path, pem_reason(e, "CERTIFICATE")))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| bad_pem(path, pem_reason(e, "CERTIFICATE")))?;
-    if certs.is_empty() {
-        return Err(bad_pem(path, "no CERTIFICATE block found".into()));
-    }
-    Ok(certs)
-}
-
-fn bad_pem(path: &Path, reason: String) -> AmqpError {
-    AmqpError::BadPem { path: path.to_owned(), reason }
-}
-
-fn pem_reason(e: rustls::pki_types::pem::Error, what: &str) -> String {
-    use rustls::pki_types::pem::Error as E;
-    match e {
-        E::Io(io) => io.to_string(),
-        E::NoItemsFound => format!("no {what} block found"),
-        other => format!("not valid PEM: {other}"),
-    }
 }
 
 #[cfg(test)]
@@ -361,12 +257,80 @@ mod tests {
 
     #[test]
     fn parses_hosts_ports_and_defaults() {
-        assert_eq!(ep("amqps://localhost:5999"), Endpoint { tls: true, host: "localhost".into(), port: 5999 });
-        assert_eq!(ep("amqps://broker.example/"), Endpoint { tls: true, host: "broker.example".into(), port: 5671 });
-        assert_eq!(ep("amqp://127.0.0.1"), Endpoint { tls: false, host: "127.0.0.1".into(), port: 5672 });
-        assert_eq!(ep("amqps://[::1]:7"), Endpoint { tls: true, host: "::1".into(), port: 7 });
-        assert_eq!(ep("amqps://[::1]"), Endpoint { tls: true, host: "::1".into(), port: 5671 });
+        assert_eq!(
+            ep("amqps://localhost:5999"),
+            Endpoint {
+                tls: true,
+                host: "localhost".into(),
+                port: 5999
+            }
+        );
+        assert_eq!(
+            ep("amqps://broker.example/"),
+            Endpoint {
+                tls: true,
+                host: "broker.example".into(),
+                port: 5671
+            }
+        );
+        assert_eq!(
+            ep("amqp://127.0.0.1"),
+            Endpoint {
+                tls: false,
+                host: "127.0.0.1".into(),
+                port: 5672
+            }
+        );
+        assert_eq!(
+            ep("amqps://[::1]:7"),
+            Endpoint {
+                tls: true,
+                host: "::1".into(),
+                port: 7
+            }
+        );
+        assert_eq!(
+            ep("amqps://[::1]"),
+            Endpoint {
+                tls: true,
+                host: "::1".into(),
+                port: 5671
+            }
+        );
         assert_eq!(ep("amqps://[::1]:7").addr(), "[::1]:7");
+    }
+
+    fn config(toml_text: &str) -> AmqpConfig {
+        toml::from_str(toml_text).expect("test config")
+    }
+
+    #[tokio::test]
+    async fn plain_amqp_is_refused_unless_insecure_is_allowed() {
+        let cfg = config("url = \"amqp://127.0.0.1:9\"\nsasl = \"external\"\n");
+        let err = connect(&cfg, "c").await.expect_err("refused");
+        assert!(matches!(err, AmqpError::InsecureRefused), "{err:?}");
+
+        let cfg =
+            config("url = \"amqp://127.0.0.1:9\"\nsasl = \"external\"\nallow_insecure = true\n");
+        let err = connect(&cfg, "c").await.expect_err("external needs TLS");
+        assert!(
+            matches!(err, AmqpError::Missing { key: "url", .. }),
+            "{err:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn plain_needs_a_readable_password_file() {
+        let cfg = config(
+            "url = \"amqp://127.0.0.1:9\"\nsasl = \"plain\"\nusername = \"u\"\nallow_insecure = true\n\
+             password_file = \"/nonexistent/audrey-password\"\n",
+        );
+        let err = connect(&cfg, "c").await.expect_err("no password file");
+        assert!(matches!(err, AmqpError::PasswordFile { .. }), "{err:?}");
+        assert!(
+            err.to_string().contains("/nonexistent/audrey-password"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -7,9 +7,12 @@
 pub mod backoff;
 pub mod codec;
 pub mod connection;
+pub mod error;
 pub mod publisher;
 mod sasl;
+mod tls;
 
 pub use backoff::Backoff;
-pub use connection::{connect, AmqpError, Endpoint};
+pub use connection::{connect, Endpoint};
+pub use error::AmqpError;
 pub use publisher::{run_publisher, PublishError};

@@ -9,6 +9,7 @@
 
 use std::fmt;
 use std::io;
+use std::time::Duration;
 
 use fe2o3_amqp::frames::sasl::Frame;
 use fe2o3_amqp::types::primitives::{Binary, Symbol};
@@ -23,13 +24,18 @@ const FRAME_TYPE_SASL: u8 = 0x01;
 const MAX_SASL_FRAME: usize = 64 * 1024;
 /// Empty frames (heartbeats) tolerated before giving up on a peer.
 const MAX_EMPTY_FRAMES: usize = 16;
+/// How long to look for the peer's reason after a failed write.
+const REASON_PROBE: Duration = Duration::from_millis(500);
 
 /// Who we claim to be.
 pub(crate) enum Mechanism<'a> {
     /// Identity from the TLS client certificate; the initial response is empty.
     External,
     /// Username and password (RFC 4616), only sensible inside TLS or on loopback.
-    Plain { username: &'a str, password: &'a str },
+    Plain {
+        username: &'a str,
+        password: &'a str,
+    },
 }
 
 impl Mechanism<'_> {
@@ -64,9 +70,15 @@ pub(crate) enum SaslError {
     /// The peer broke the protocol (wrong header, unexpected frame, undecodable body).
     Protocol(String),
     /// The broker does not offer the mechanism.
-    NotOffered { mechanism: &'static str, offered: Vec<String> },
+    NotOffered {
+        mechanism: &'static str,
+        offered: Vec<String>,
+    },
     /// The broker answered with a non-ok outcome.
-    Refused { mechanism: &'static str, code: SaslCode },
+    Refused {
+        mechanism: &'static str,
+        code: SaslCode,
+    },
 }
 
 impl From<io::Error> for SaslError {
@@ -87,24 +99,38 @@ pub(crate) fn code_name(code: &SaslCode) -> &'static str {
 }
 
 /// Runs the SASL exchange; on success the stream is positioned for the AMQP protocol header.
-pub(crate) async fn negotiate<Io>(io: &mut Io, mechanism: &Mechanism<'_>, hostname: &str) -> Result<(), SaslError>
+pub(crate) async fn negotiate<Io>(
+    io: &mut Io,
+    mechanism: &Mechanism<'_>,
+    hostname: &str,
+) -> Result<(), SaslError>
 where
     Io: AsyncRead + AsyncWrite + Unpin,
 {
-    io.write_all(&SASL_HEADER).await?;
-    io.flush().await?;
+    send(io, &SASL_HEADER).await?;
     let mut header = [0u8; 8];
     io.read_exact(&mut header).await?;
     if header != SASL_HEADER {
-        return Err(SaslError::Protocol(format!("expected the SASL protocol header, got {}", Hex(&header))));
+        return Err(SaslError::Protocol(format!(
+            "expected the SASL protocol header, got {}",
+            Hex(&header)
+        )));
     }
 
     let offered = match read_frame(io).await? {
-        Frame::Mechanisms(m) => m.sasl_server_mechanisms.0.into_iter().map(Symbol::into_inner).collect::<Vec<_>>(),
+        Frame::Mechanisms(m) => m
+            .sasl_server_mechanisms
+            .0
+            .into_iter()
+            .map(Symbol::into_inner)
+            .collect::<Vec<_>>(),
         other => return Err(unexpected("sasl-mechanisms", &other)),
     };
     if !offered.iter().any(|m| m == mechanism.name()) {
-        return Err(SaslError::NotOffered { mechanism: mechanism.name(), offered });
+        return Err(SaslError::NotOffered {
+            mechanism: mechanism.name(),
+            offered,
+        });
     }
 
     let init = SaslInit {
@@ -116,7 +142,10 @@ where
 
     match read_frame(io).await? {
         Frame::Outcome(o) if matches!(o.code, SaslCode::Ok) => Ok(()),
-        Frame::Outcome(o) => Err(SaslError::Refused { mechanism: mechanism.name(), code: o.code }),
+        Frame::Outcome(o) => Err(SaslError::Refused {
+            mechanism: mechanism.name(),
+            code: o.code,
+        }),
         other => Err(unexpected("sasl-outcome", &other)),
     }
 }
@@ -134,8 +163,10 @@ fn unexpected(wanted: &str, got: &Frame) -> SaslError {
 
 /// Encodes one SASL frame: size, doff = 2, type = 1, channel ignored, body.
 pub(crate) fn encode_frame(frame: &Frame) -> Result<Vec<u8>, SaslError> {
-    let body = serde_amqp::to_vec(frame).map_err(|e| SaslError::Protocol(format!("cannot encode SASL frame: {e}")))?;
-    let size = u32::try_from(body.len() + 8).map_err(|_| SaslError::Protocol("SASL frame too large".into()))?;
+    let body = serde_amqp::to_vec(frame)
+        .map_err(|e| SaslError::Protocol(format!("cannot encode SASL frame: {e}")))?;
+    let size = u32::try_from(body.len() + 8)
+        .map_err(|_| SaslError::Protocol("SASL frame too large".into()))?;
     let mut buf = Vec::with_capacity(body.len() + 8);
     buf.extend_from_slice(&size.to_be_bytes());
     buf.extend_from_slice(&[2, FRAME_TYPE_SASL, 0, 0]);
@@ -146,14 +177,20 @@ pub(crate) fn encode_frame(frame: &Frame) -> Result<Vec<u8>, SaslError> {
 /// Decodes the part of a SASL frame after its 4-byte size; `None` for an empty frame.
 pub(crate) fn decode_frame(rest: &[u8]) -> Result<Option<Frame>, SaslError> {
     let [doff, ftype, _, _, ..] = *rest else {
-        return Err(SaslError::Protocol("SASL frame shorter than its header".into()));
+        return Err(SaslError::Protocol(
+            "SASL frame shorter than its header".into(),
+        ));
     };
     if ftype != FRAME_TYPE_SASL {
-        return Err(SaslError::Protocol(format!("expected a SASL frame, got frame type {ftype:#04x}")));
+        return Err(SaslError::Protocol(format!(
+            "expected a SASL frame, got frame type {ftype:#04x}"
+        )));
     }
     let body_at = usize::from(doff) * 4;
     if doff < 2 || body_at - 4 > rest.len() {
-        return Err(SaslError::Protocol(format!("bad data offset {doff} in SASL frame")));
+        return Err(SaslError::Protocol(format!(
+            "bad data offset {doff} in SASL frame"
+        )));
     }
     let body = &rest[body_at - 4..];
     if body.is_empty() {
@@ -164,10 +201,33 @@ pub(crate) fn decode_frame(rest: &[u8]) -> Result<Option<Frame>, SaslError> {
         .map_err(|e| SaslError::Protocol(format!("cannot decode SASL frame: {e}")))
 }
 
-async fn write_frame<Io: AsyncWrite + Unpin>(io: &mut Io, frame: &Frame) -> Result<(), SaslError> {
-    io.write_all(&encode_frame(frame)?).await?;
-    io.flush().await?;
-    Ok(())
+async fn write_frame<Io>(io: &mut Io, frame: &Frame) -> Result<(), SaslError>
+where
+    Io: AsyncRead + AsyncWrite + Unpin,
+{
+    send(io, &encode_frame(frame)?).await
+}
+
+/// Writes and flushes. When the write fails (the peer reset the connection), the peer's reason
+/// may already sit in our receive buffer, e.g. the TLS 1.3 alert refusing our client
+/// certificate, which arrives after our handshake has completed: one bounded read surfaces it.
+async fn send<Io>(io: &mut Io, bytes: &[u8]) -> Result<(), SaslError>
+where
+    Io: AsyncRead + AsyncWrite + Unpin,
+{
+    let written = async {
+        io.write_all(bytes).await?;
+        io.flush().await
+    }
+    .await;
+    let Err(write_error) = written else {
+        return Ok(());
+    };
+    let mut probe = [0u8; 64];
+    match tokio::time::timeout(REASON_PROBE, io.read(&mut probe)).await {
+        Ok(Err(read_error)) => Err(SaslError::Io(read_error)),
+        _ => Err(SaslError::Io(write_error)),
+    }
 }
 
 async fn read_frame<Io: AsyncRead + Unpin>(io: &mut Io) -> Result<Frame, SaslError> {
@@ -176,7 +236,9 @@ async fn read_frame<Io: AsyncRead + Unpin>(io: &mut Io) -> Result<Frame, SaslErr
         io.read_exact(&mut size).await?;
         let size = u32::from_be_bytes(size) as usize;
         if !(8..=MAX_SASL_FRAME).contains(&size) {
-            return Err(SaslError::Protocol(format!("SASL frame size {size} out of range")));
+            return Err(SaslError::Protocol(format!(
+                "SASL frame size {size} out of range"
+            )));
         }
         let mut rest = vec![0u8; size - 4];
         io.read_exact(&mut rest).await?;
@@ -184,7 +246,9 @@ async fn read_frame<Io: AsyncRead + Unpin>(io: &mut Io) -> Result<Frame, SaslErr
             return Ok(frame);
         }
     }
-    Err(SaslError::Protocol("too many empty frames during SASL".into()))
+    Err(SaslError::Protocol(
+        "too many empty frames during SASL".into(),
+    ))
 }
 
 struct Hex<'a>(&'a [u8]);
@@ -209,7 +273,11 @@ mod tests {
     }
 
     /// A scripted broker: checks what the client sends and answers with `outcome`.
-    async fn run_against(mechanism: Mechanism<'_>, offered: &[&str], outcome: SaslCode) -> (Result<(), SaslError>, Vec<u8>) {
+    async fn run_against(
+        mechanism: Mechanism<'_>,
+        offered: &[&str],
+        outcome: SaslCode,
+    ) -> (Result<(), SaslError>, Vec<u8>) {
         let (mut client, mut server) = tokio::io::duplex(4096);
         let offered: Vec<Symbol> = offered.iter().map(|m| Symbol::from(*m)).collect();
         let server_task = tokio::spawn(async move {
@@ -217,7 +285,9 @@ mod tests {
             server.read_exact(&mut header).await.expect("client header");
             assert_eq!(header, SASL_HEADER);
             server.write_all(&SASL_HEADER).await.expect("write");
-            let mechs = Frame::Mechanisms(SaslMechanisms { sasl_server_mechanisms: Array(offered) });
+            let mechs = Frame::Mechanisms(SaslMechanisms {
+                sasl_server_mechanisms: Array(offered),
+            });
             server.write_all(&server_frame(mechs)).await.expect("write");
             let mut size = [0u8; 4];
             if server.read_exact(&mut size).await.is_err() {
@@ -225,7 +295,10 @@ mod tests {
             }
             let mut rest = vec![0u8; u32::from_be_bytes(size) as usize - 4];
             server.read_exact(&mut rest).await.expect("init body");
-            let out = Frame::Outcome(SaslOutcome { code: outcome, additional_data: None });
+            let out = Frame::Outcome(SaslOutcome {
+                code: outcome,
+                additional_data: None,
+            });
             server.write_all(&server_frame(out)).await.expect("write");
             rest
         });
@@ -244,31 +317,54 @@ mod tests {
 
     #[tokio::test]
     async fn external_sends_an_empty_initial_response() {
-        let (result, init) = run_against(Mechanism::External, &["EXTERNAL", "PLAIN"], SaslCode::Ok).await;
+        let (result, init) =
+            run_against(Mechanism::External, &["EXTERNAL", "PLAIN"], SaslCode::Ok).await;
         assert!(result.is_ok(), "{result:?}");
         let init = decoded_init(&init);
         assert_eq!(init.mechanism.as_str(), "EXTERNAL");
-        assert_eq!(init.initial_response.as_ref().map(|b| b.as_slice()), Some(&[][..]));
+        assert_eq!(
+            init.initial_response.as_ref().map(|b| b.as_slice()),
+            Some(&[][..])
+        );
         assert_eq!(init.hostname.as_deref(), Some("localhost"));
     }
 
     #[tokio::test]
     async fn plain_sends_authzid_user_password() {
-        let mech = Mechanism::Plain { username: "u", password: "p" };
+        let mech = Mechanism::Plain {
+            username: "u",
+            password: "p",
+        };
         let (result, init) = run_against(mech, &["PLAIN"], SaslCode::Ok).await;
         assert!(result.is_ok(), "{result:?}");
-        assert_eq!(decoded_init(&init).initial_response.as_ref().map(|b| b.as_slice()), Some(&b"\0u\0p"[..]));
+        assert_eq!(
+            decoded_init(&init)
+                .initial_response
+                .as_ref()
+                .map(|b| b.as_slice()),
+            Some(&b"\0u\0p"[..])
+        );
     }
 
     #[tokio::test]
     async fn refused_outcome_is_reported_with_its_code() {
         let (result, _) = run_against(Mechanism::External, &["EXTERNAL"], SaslCode::Auth).await;
-        assert!(matches!(result, Err(SaslError::Refused { mechanism: "EXTERNAL", code: SaslCode::Auth })), "{result:?}");
+        assert!(
+            matches!(
+                result,
+                Err(SaslError::Refused {
+                    mechanism: "EXTERNAL",
+                    code: SaslCode::Auth
+                })
+            ),
+            "{result:?}"
+        );
     }
 
     #[tokio::test]
     async fn mechanism_not_offered_lists_the_offer() {
-        let (result, _) = run_against(Mechanism::External, &["PLAIN", "AMQPLAIN"], SaslCode::Ok).await;
+        let (result, _) =
+            run_against(Mechanism::External, &["PLAIN", "AMQPLAIN"], SaslCode::Ok).await;
         match result {
             Err(SaslError::NotOffered { mechanism, offered }) => {
                 assert_eq!(mechanism, "EXTERNAL");
@@ -287,12 +383,65 @@ mod tests {
             let _ = server.write_all(b"AMQP\x00\x01\x00\x00").await;
         });
         let result = negotiate(&mut client, &Mechanism::External, "h").await;
-        assert!(matches!(&result, Err(SaslError::Protocol(m)) if m.contains("414d515000010000")), "{result:?}");
+        assert!(
+            matches!(&result, Err(SaslError::Protocol(m)) if m.contains("414d515000010000")),
+            "{result:?}"
+        );
+    }
+
+    /// A connection the peer has reset, with the peer's reason still in the receive buffer.
+    struct ResetWithReason;
+
+    impl AsyncWrite for ResetWithReason {
+        fn poll_write(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            _: &[u8],
+        ) -> std::task::Poll<io::Result<usize>> {
+            std::task::Poll::Ready(Err(io::ErrorKind::ConnectionReset.into()))
+        }
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    impl AsyncRead for ResetWithReason {
+        fn poll_read(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            _: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            std::task::Poll::Ready(Err(io::Error::other("the peer's reason")))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_reports_the_reason_waiting_in_the_receive_buffer() {
+        let result = negotiate(&mut ResetWithReason, &Mechanism::External, "h").await;
+        assert!(
+            matches!(&result, Err(SaslError::Io(e)) if e.to_string() == "the peer's reason"),
+            "{result:?}"
+        );
     }
 
     #[test]
     fn garbage_frames_are_errors_not_panics() {
-        for rest in [&[][..], &[2, 0, 0, 0][..], &[9, 1, 0, 0][..], &[2, 1, 0, 0, 0xff, 0x00][..], &[0, 1, 0, 0][..]] {
+        for rest in [
+            &[][..],
+            &[2, 0, 0, 0][..],
+            &[9, 1, 0, 0][..],
+            &[2, 1, 0, 0, 0xff, 0x00][..],
+            &[0, 1, 0, 0][..],
+        ] {
             assert!(decode_frame(rest).is_err(), "{rest:?}");
         }
         assert!(matches!(decode_frame(&[2, 1, 0, 0]), Ok(None)));

@@ -32,12 +32,17 @@ impl CertPaths {
 
 /// The script under test, from the crate root.
 pub fn script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("certs").join("gen-certs.sh")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("certs")
+        .join("gen-certs.sh")
 }
 
 /// A fresh CA, a server certificate and one client certificate per site, in a new temp folder.
 pub fn generate(sites: &[&str]) -> CertPaths {
-    let tmp = tempfile::Builder::new().prefix("audrey-pki-").tempdir().expect("create temp dir for certs");
+    let tmp = tempfile::Builder::new()
+        .prefix("audrey-pki-")
+        .tempdir()
+        .expect("create temp dir for certs");
     let mut paths = generate_into(tmp.path(), sites);
     paths._tmp = Some(Arc::new(tmp));
     paths

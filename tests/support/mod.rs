@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod broker;
+pub mod broker_layout;
 pub mod certs;
 pub mod sidecar;
 pub mod upstream;
