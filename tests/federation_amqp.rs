@@ -13,14 +13,14 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use audrey_federation::amqp::{codec, run_publisher};
+use audrey_federation::amqp::{codec, run_publisher, run_subscriber};
 use audrey_federation::change::{Capture, Change, Event};
 use audrey_federation::config::AmqpConfig;
 use audrey_federation::store::Store;
 use audrey_federation::wire;
-use fe2o3_amqp::types::messaging::{Body, Message};
+use fe2o3_amqp::types::messaging::{Body, Message, Outcome, Properties};
 use fe2o3_amqp::types::primitives::{SimpleValue, Value};
-use fe2o3_amqp::{Receiver, Session};
+use fe2o3_amqp::{Receiver, Sender, Session};
 use metrics_exporter_prometheus::PrometheusHandle;
 use support::broker::{self, Broker};
 use support::certs::CertPaths;
@@ -446,4 +446,178 @@ async fn a_client_certificate_from_another_ca_keeps_retrying_and_names_the_tls_f
     assert!(line.contains("attempt=1"), "{line}");
     assert_eq!(link_up("publish"), Some(0.0));
     assert_eq!(store.depth(), 1, "nothing leaves the outbox unaccepted");
+}
+
+/// What a test handler saw: the `origin_seq` of every call for its origin, retries included.
+#[derive(Clone, Default)]
+struct Seen(Arc<Mutex<Vec<u64>>>);
+
+impl Seen {
+    fn calls(&self) -> Vec<u64> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Distinct seqs in order of first arrival.
+    fn distinct(&self) -> Vec<u64> {
+        let mut out: Vec<u64> = Vec::new();
+        for s in self.calls() {
+            if !out.contains(&s) {
+                out.push(s);
+            }
+        }
+        out
+    }
+}
+
+/// A subscriber whose handler records the changes of `origin`, answering `Err` for
+/// `fail_first` attempts at `fail_seq`, and `Ok` for everything else.
+fn subscriber(cfg: AmqpConfig, site: &str, store: &Store, origin: &str, fail: Option<(u64, usize)>) -> (Running, Seen) {
+    let seen = Seen::default();
+    let record = seen.clone();
+    let origin = origin.to_owned();
+    let handler = move |change: Change| {
+        let record = record.clone();
+        let mine = change.origin_site == origin;
+        async move {
+            if !mine {
+                return Ok(());
+            }
+            let mut calls = record.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            calls.push(change.origin_seq);
+            match fail {
+                Some((seq, n)) if seq == change.origin_seq && calls.iter().filter(|s| **s == seq).count() <= n => {
+                    Err("local server unavailable".to_owned())
+                }
+                _ => Ok(()),
+            }
+        }
+    };
+    let stop = CancellationToken::new();
+    let fut = run_subscriber(cfg, site.to_owned(), store.clone(), handler, stop.clone());
+    let running = Running::spawn(
+        async move {
+            fut.await.expect("subscriber starts");
+        },
+        stop,
+    );
+    (running, seen)
+}
+
+/// Sends a message that is not an audrey change to `amq.topic`, as a foreign producer would.
+async fn send_junk(cfg: &AmqpConfig) {
+    let mut conn = audrey_federation::amqp::connect(cfg, &nonce("junk")).await.expect("connect");
+    let mut session = Session::begin(&mut conn).await.expect("session");
+    let mut sender = Sender::attach(&mut session, nonce("junk"), "/exchange/amq.topic").await.expect("attach");
+    let junk = Message::builder()
+        .properties(Properties::builder().subject("audrey.federation.junk").message_id("junk:1".to_string()).build())
+        .value("this is not a change")
+        .build();
+    let outcome = sender.send(junk).await.expect("send junk");
+    assert!(matches!(outcome, Outcome::Accepted(_)), "{outcome:?}");
+    let _ = sender.detach().await;
+    let _ = session.end().await;
+    let _ = conn.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_subscriber_hands_changes_over_in_order_retries_failures_and_rejects_junk() {
+    recorder();
+    let b = broker::shared().write().await;
+    let origin = nonce("sub-order");
+    let (_odir, origin_store) = temp_store(&origin);
+    let (_ldir, local) = temp_store("site-c");
+    let wake = Arc::new(Notify::new());
+    let running_pub = publisher(site_cfg(&b, "site-a"), &origin_store, &wake);
+    origin_store.append(registration("I1", "D1")).await.expect("append");
+    origin_store.append(params("I1", None, 1)).await.expect("append");
+    wake.notify_one();
+    wait_for("the first two to be published", DEADLINE, || origin_store.depth() == 0).await;
+    send_junk(&site_cfg(&b, "site-a")).await;
+    origin_store.append(params("I1", None, 2)).await.expect("append");
+    origin_store.append(params("I1", None, 3)).await.expect("append");
+    wake.notify_one();
+    wait_for("the last two to be published", DEADLINE, || origin_store.depth() == 0).await;
+    running_pub.stop().await;
+
+    let (running_sub, seen) = subscriber(site_cfg(&b, "site-c"), "site-c", &local, &origin, Some((2, 2)));
+    wait_for("all four changes handled", DEADLINE, || seen.distinct().len() == 4).await;
+    assert_eq!(seen.calls(), vec![1, 2, 2, 2, 3, 4], "seq 2 retried twice, nothing overtook it");
+    assert_eq!(link_up("subscribe"), Some(1.0));
+    wait_for("the junk to be dead-lettered", DEADLINE, || local.inbound_dead_letter_count() == 1).await;
+    let letters = local.dead_letters_inbound(10).expect("dead letters");
+    assert!(letters[0].reason.contains("audrey_format"), "{}", letters[0].reason);
+    assert_eq!(
+        metric("audrey_federation_rejected_total{reason=\"unsupported_version\"}"),
+        Some(1.0)
+    );
+    // Everything was settled: accepted changes and the rejected junk leave the queue.
+    let queue = Broker::queue_name("site-c");
+    let deadline = Instant::now() + DEADLINE;
+    while b.queue_messages(&queue) != 0 {
+        assert!(Instant::now() < deadline, "{queue} still holds messages");
+    }
+    running_sub.stop().await;
+    assert_eq!(link_up("subscribe"), Some(0.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_not_accepted_before_a_stop_is_delivered_again() {
+    recorder();
+    let b = broker::shared().write().await;
+    let origin = nonce("sub-redeliver");
+    let (_odir, origin_store) = temp_store(&origin);
+    let (_ldir, local) = temp_store("site-b");
+    origin_store.append(params("I1", Some("D1"), 1)).await.expect("append");
+    origin_store.append(params("I1", Some("D1"), 2)).await.expect("append");
+    let running_pub = publisher(site_cfg(&b, "site-a"), &origin_store, &Arc::new(Notify::new()));
+    wait_for("publication", DEADLINE, || origin_store.depth() == 0).await;
+    running_pub.stop().await;
+
+    // The handler keeps failing on seq 1: stop the subscriber while it is retrying.
+    let (first, seen) = subscriber(site_cfg(&b, "site-b"), "site-b", &local, &origin, Some((1, usize::MAX)));
+    wait_for("seq 1 to be retried", DEADLINE, || seen.calls().len() >= 2).await;
+    first.stop().await;
+    assert!(seen.calls().iter().all(|s| *s == 1), "{:?}", seen.calls());
+
+    let (second, seen) = subscriber(site_cfg(&b, "site-b"), "site-b", &local, &origin, None);
+    wait_for("both changes after the restart", DEADLINE, || seen.distinct().len() == 2).await;
+    assert_eq!(seen.distinct(), vec![1, 2]);
+    second.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_restart_loses_nothing() {
+    recorder();
+    let mut b = broker::shared().write().await;
+    let origin = nonce("restart");
+    let (_odir, origin_store) = temp_store(&origin);
+    let (_ldir, local) = temp_store("site-b");
+    let wake = Arc::new(Notify::new());
+    let running_pub = publisher(site_cfg(&b, "site-a"), &origin_store, &wake);
+    let (running_sub, seen) = subscriber(site_cfg(&b, "site-b"), "site-b", &local, &origin, None);
+    for n in 1..=3 {
+        origin_store.append(params("I1", Some("D1"), n)).await.expect("append");
+        wake.notify_one();
+    }
+    wait_for("the first three handled", DEADLINE, || seen.distinct().len() == 3).await;
+
+    tokio::task::block_in_place(|| b.stop());
+    wait_for("both links down", DEADLINE, || {
+        link_up("publish") == Some(0.0) && link_up("subscribe") == Some(0.0)
+    })
+    .await;
+    for n in 4..=8 {
+        origin_store.append(params("I1", Some("D1"), n)).await.expect("append while the broker is down");
+        wake.notify_one();
+    }
+    assert_eq!(origin_store.depth(), 5, "changes wait in the outbox while the broker is down");
+    tokio::task::block_in_place(|| b.start_again());
+
+    wait_for("the outbox to drain after the restart", Duration::from_secs(40), || origin_store.depth() == 0).await;
+    wait_for("all eight handled", DEADLINE, || seen.distinct().len() == 8).await;
+    assert_eq!(seen.distinct(), (1..=8).collect::<Vec<u64>>(), "in order, none lost");
+    assert_eq!(link_up("publish"), Some(1.0));
+    assert_eq!(link_up("subscribe"), Some(1.0));
+    running_pub.stop().await;
+    running_sub.stop().await;
 }

@@ -10,9 +10,11 @@ pub mod connection;
 pub mod error;
 pub mod publisher;
 mod sasl;
+pub mod subscriber;
 mod tls;
 
 pub use backoff::Backoff;
 pub use connection::{connect, Endpoint};
 pub use error::AmqpError;
 pub use publisher::{run_publisher, PublishError};
+pub use subscriber::{run_subscriber, ChangeHandler, SubscribeError};

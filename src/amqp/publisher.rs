@@ -290,7 +290,7 @@ impl Publisher {
 }
 
 /// Runs one protocol step with [`STEP_TIMEOUT`], its error as text.
-async fn step<T, E: std::fmt::Display>(
+pub(crate) async fn step<T, E: std::fmt::Display>(
     fut: impl std::future::Future<Output = Result<T, E>>,
 ) -> Result<T, String> {
     match tokio::time::timeout(STEP_TIMEOUT, fut).await {
