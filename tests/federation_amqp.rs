@@ -454,7 +454,10 @@ struct Seen(Arc<Mutex<Vec<u64>>>);
 
 impl Seen {
     fn calls(&self) -> Vec<u64> {
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Distinct seqs in order of first arrival.
@@ -471,7 +474,13 @@ impl Seen {
 
 /// A subscriber whose handler records the changes of `origin`, answering `Err` for
 /// `fail_first` attempts at `fail_seq`, and `Ok` for everything else.
-fn subscriber(cfg: AmqpConfig, site: &str, store: &Store, origin: &str, fail: Option<(u64, usize)>) -> (Running, Seen) {
+fn subscriber(
+    cfg: AmqpConfig,
+    site: &str,
+    store: &Store,
+    origin: &str,
+    fail: Option<(u64, usize)>,
+) -> (Running, Seen) {
     let seen = Seen::default();
     let record = seen.clone();
     let origin = origin.to_owned();
@@ -482,10 +491,16 @@ fn subscriber(cfg: AmqpConfig, site: &str, store: &Store, origin: &str, fail: Op
             if !mine {
                 return Ok(());
             }
-            let mut calls = record.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut calls = record
+                .0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             calls.push(change.origin_seq);
             match fail {
-                Some((seq, n)) if seq == change.origin_seq && calls.iter().filter(|s| **s == seq).count() <= n => {
+                Some((seq, n))
+                    if seq == change.origin_seq
+                        && calls.iter().filter(|s| **s == seq).count() <= n =>
+                {
                     Err("local server unavailable".to_owned())
                 }
                 _ => Ok(()),
@@ -505,11 +520,20 @@ fn subscriber(cfg: AmqpConfig, site: &str, store: &Store, origin: &str, fail: Op
 
 /// Sends a message that is not an audrey change to `amq.topic`, as a foreign producer would.
 async fn send_junk(cfg: &AmqpConfig) {
-    let mut conn = audrey_federation::amqp::connect(cfg, &nonce("junk")).await.expect("connect");
+    let mut conn = audrey_federation::amqp::connect(cfg, &nonce("junk"))
+        .await
+        .expect("connect");
     let mut session = Session::begin(&mut conn).await.expect("session");
-    let mut sender = Sender::attach(&mut session, nonce("junk"), "/exchange/amq.topic").await.expect("attach");
+    let mut sender = Sender::attach(&mut session, nonce("junk"), "/exchange/amq.topic")
+        .await
+        .expect("attach");
     let junk = Message::builder()
-        .properties(Properties::builder().subject("audrey.federation.junk").message_id("junk:1".to_string()).build())
+        .properties(
+            Properties::builder()
+                .subject("audrey.federation.junk")
+                .message_id("junk:1".to_string())
+                .build(),
+        )
         .value("this is not a change")
         .build();
     let outcome = sender.send(junk).await.expect("send junk");
@@ -528,24 +552,62 @@ async fn the_subscriber_hands_changes_over_in_order_retries_failures_and_rejects
     let (_ldir, local) = temp_store("site-c");
     let wake = Arc::new(Notify::new());
     let running_pub = publisher(site_cfg(&b, "site-a"), &origin_store, &wake);
-    origin_store.append(registration("I1", "D1")).await.expect("append");
-    origin_store.append(params("I1", None, 1)).await.expect("append");
+    origin_store
+        .append(registration("I1", "D1"))
+        .await
+        .expect("append");
+    origin_store
+        .append(params("I1", None, 1))
+        .await
+        .expect("append");
     wake.notify_one();
-    wait_for("the first two to be published", DEADLINE, || origin_store.depth() == 0).await;
+    wait_for("the first two to be published", DEADLINE, || {
+        origin_store.depth() == 0
+    })
+    .await;
     send_junk(&site_cfg(&b, "site-a")).await;
-    origin_store.append(params("I1", None, 2)).await.expect("append");
-    origin_store.append(params("I1", None, 3)).await.expect("append");
+    origin_store
+        .append(params("I1", None, 2))
+        .await
+        .expect("append");
+    origin_store
+        .append(params("I1", None, 3))
+        .await
+        .expect("append");
     wake.notify_one();
-    wait_for("the last two to be published", DEADLINE, || origin_store.depth() == 0).await;
+    wait_for("the last two to be published", DEADLINE, || {
+        origin_store.depth() == 0
+    })
+    .await;
     running_pub.stop().await;
 
-    let (running_sub, seen) = subscriber(site_cfg(&b, "site-c"), "site-c", &local, &origin, Some((2, 2)));
-    wait_for("all four changes handled", DEADLINE, || seen.distinct().len() == 4).await;
-    assert_eq!(seen.calls(), vec![1, 2, 2, 2, 3, 4], "seq 2 retried twice, nothing overtook it");
+    let (running_sub, seen) = subscriber(
+        site_cfg(&b, "site-c"),
+        "site-c",
+        &local,
+        &origin,
+        Some((2, 2)),
+    );
+    wait_for("all four changes handled", DEADLINE, || {
+        seen.distinct().len() == 4
+    })
+    .await;
+    assert_eq!(
+        seen.calls(),
+        vec![1, 2, 2, 2, 3, 4],
+        "seq 2 retried twice, nothing overtook it"
+    );
     assert_eq!(link_up("subscribe"), Some(1.0));
-    wait_for("the junk to be dead-lettered", DEADLINE, || local.inbound_dead_letter_count() == 1).await;
+    wait_for("the junk to be dead-lettered", DEADLINE, || {
+        local.inbound_dead_letter_count() == 1
+    })
+    .await;
     let letters = local.dead_letters_inbound(10).expect("dead letters");
-    assert!(letters[0].reason.contains("audrey_format"), "{}", letters[0].reason);
+    assert!(
+        letters[0].reason.contains("audrey_format"),
+        "{}",
+        letters[0].reason
+    );
     assert_eq!(
         metric("audrey_federation_rejected_total{reason=\"unsupported_version\"}"),
         Some(1.0)
@@ -567,20 +629,39 @@ async fn a_change_not_accepted_before_a_stop_is_delivered_again() {
     let origin = nonce("sub-redeliver");
     let (_odir, origin_store) = temp_store(&origin);
     let (_ldir, local) = temp_store("site-b");
-    origin_store.append(params("I1", Some("D1"), 1)).await.expect("append");
-    origin_store.append(params("I1", Some("D1"), 2)).await.expect("append");
-    let running_pub = publisher(site_cfg(&b, "site-a"), &origin_store, &Arc::new(Notify::new()));
+    origin_store
+        .append(params("I1", Some("D1"), 1))
+        .await
+        .expect("append");
+    origin_store
+        .append(params("I1", Some("D1"), 2))
+        .await
+        .expect("append");
+    let running_pub = publisher(
+        site_cfg(&b, "site-a"),
+        &origin_store,
+        &Arc::new(Notify::new()),
+    );
     wait_for("publication", DEADLINE, || origin_store.depth() == 0).await;
     running_pub.stop().await;
 
     // The handler keeps failing on seq 1: stop the subscriber while it is retrying.
-    let (first, seen) = subscriber(site_cfg(&b, "site-b"), "site-b", &local, &origin, Some((1, usize::MAX)));
+    let (first, seen) = subscriber(
+        site_cfg(&b, "site-b"),
+        "site-b",
+        &local,
+        &origin,
+        Some((1, usize::MAX)),
+    );
     wait_for("seq 1 to be retried", DEADLINE, || seen.calls().len() >= 2).await;
     first.stop().await;
     assert!(seen.calls().iter().all(|s| *s == 1), "{:?}", seen.calls());
 
     let (second, seen) = subscriber(site_cfg(&b, "site-b"), "site-b", &local, &origin, None);
-    wait_for("both changes after the restart", DEADLINE, || seen.distinct().len() == 2).await;
+    wait_for("both changes after the restart", DEADLINE, || {
+        seen.distinct().len() == 2
+    })
+    .await;
     assert_eq!(seen.distinct(), vec![1, 2]);
     second.stop().await;
 }
@@ -596,10 +677,16 @@ async fn a_broker_restart_loses_nothing() {
     let running_pub = publisher(site_cfg(&b, "site-a"), &origin_store, &wake);
     let (running_sub, seen) = subscriber(site_cfg(&b, "site-b"), "site-b", &local, &origin, None);
     for n in 1..=3 {
-        origin_store.append(params("I1", Some("D1"), n)).await.expect("append");
+        origin_store
+            .append(params("I1", Some("D1"), n))
+            .await
+            .expect("append");
         wake.notify_one();
     }
-    wait_for("the first three handled", DEADLINE, || seen.distinct().len() == 3).await;
+    wait_for("the first three handled", DEADLINE, || {
+        seen.distinct().len() == 3
+    })
+    .await;
 
     tokio::task::block_in_place(|| b.stop());
     wait_for("both links down", DEADLINE, || {
@@ -607,15 +694,31 @@ async fn a_broker_restart_loses_nothing() {
     })
     .await;
     for n in 4..=8 {
-        origin_store.append(params("I1", Some("D1"), n)).await.expect("append while the broker is down");
+        origin_store
+            .append(params("I1", Some("D1"), n))
+            .await
+            .expect("append while the broker is down");
         wake.notify_one();
     }
-    assert_eq!(origin_store.depth(), 5, "changes wait in the outbox while the broker is down");
+    assert_eq!(
+        origin_store.depth(),
+        5,
+        "changes wait in the outbox while the broker is down"
+    );
     tokio::task::block_in_place(|| b.start_again());
 
-    wait_for("the outbox to drain after the restart", Duration::from_secs(40), || origin_store.depth() == 0).await;
+    wait_for(
+        "the outbox to drain after the restart",
+        Duration::from_secs(40),
+        || origin_store.depth() == 0,
+    )
+    .await;
     wait_for("all eight handled", DEADLINE, || seen.distinct().len() == 8).await;
-    assert_eq!(seen.distinct(), (1..=8).collect::<Vec<u64>>(), "in order, none lost");
+    assert_eq!(
+        seen.distinct(),
+        (1..=8).collect::<Vec<u64>>(),
+        "in order, none lost"
+    );
     assert_eq!(link_up("publish"), Some(1.0));
     assert_eq!(link_up("subscribe"), Some(1.0));
     running_pub.stop().await;

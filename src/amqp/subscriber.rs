@@ -92,7 +92,14 @@ pub async fn run_subscriber<H: ChangeHandler>(
     shutdown: CancellationToken,
 ) -> Result<(), SubscribeError> {
     let address = subscribe_address(&cfg, &site)?;
-    let sub = Subscriber { cfg, site, address, store, handler, shutdown };
+    let sub = Subscriber {
+        cfg,
+        site,
+        address,
+        store,
+        handler,
+        shutdown,
+    };
     let mut backoff = Backoff::new(sub.cfg.reconnect_initial, sub.cfg.reconnect_max);
     metrics::broker_link_up(metrics::LINK_SUBSCRIBE, false);
     let mut attempt: u64 = 0;
@@ -110,8 +117,12 @@ pub async fn run_subscriber<H: ChangeHandler>(
         let delay = backoff.next_delay();
         metrics::broker_connect_failure(metrics::LINK_SUBSCRIBE);
         match result {
-            Ok(()) => tracing::warn!(attempt, retry_in = ?delay, "subscribe link ended; reconnecting"),
-            Err(e) => tracing::warn!(attempt, retry_in = ?delay, error = %e, "subscribing to the broker failed"),
+            Ok(()) => {
+                tracing::warn!(attempt, retry_in = ?delay, "subscribe link ended; reconnecting")
+            }
+            Err(e) => {
+                tracing::warn!(attempt, retry_in = ?delay, error = %e, "subscribing to the broker failed")
+            }
         }
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
@@ -142,7 +153,9 @@ impl<H: ChangeHandler> Subscriber<H> {
             _ = self.shutdown.cancelled() => return Ok(()),
         };
         let result = async {
-            let mut session = step(Session::begin(&mut conn)).await.map_err(SubscribeError::Session)?;
+            let mut session = step(Session::begin(&mut conn))
+                .await
+                .map_err(SubscribeError::Session)?;
             let source = match self.cfg.subscribe_mode {
                 SubscribeMode::Queue => Source::builder().address(self.address.clone()).build(),
                 SubscribeMode::PerDeployment => Source::builder()
@@ -161,7 +174,10 @@ impl<H: ChangeHandler> Subscriber<H> {
                 Ok(r) => r,
                 Err(reason) => {
                     let _ = step(session.end()).await;
-                    return Err(SubscribeError::Attach { address: self.address.clone(), reason });
+                    return Err(SubscribeError::Attach {
+                        address: self.address.clone(),
+                        reason,
+                    });
                 }
             };
             metrics::broker_link_up(metrics::LINK_SUBSCRIBE, true);
@@ -193,7 +209,8 @@ impl<H: ChangeHandler> Subscriber<H> {
                     }
                 }
                 Err(RecvError::MessageDecode(e)) => {
-                    let reason = format!("not an AMQP message this client can decode: {}", e.source);
+                    let reason =
+                        format!("not an AMQP message this client can decode: {}", e.source);
                     self.store.dead_letter_inbound(Vec::new(), &reason).await?;
                     reject(receiver, e.info, &reason).await?;
                     metrics::rejected("undecodable");
@@ -206,9 +223,14 @@ impl<H: ChangeHandler> Subscriber<H> {
 
     /// Settles one delivery. `Ok(false)`: shutdown while its handler was being retried (it
     /// stays unsettled and the broker offers it again).
-    async fn process(&self, receiver: &Receiver, delivery: Delivery<Body<Value>>) -> Result<bool, SubscribeError> {
+    async fn process(
+        &self,
+        receiver: &Receiver,
+        delivery: Delivery<Body<Value>>,
+    ) -> Result<bool, SubscribeError> {
         let message = delivery.message();
-        let decoded = codec::from_message(message).and_then(|w| wire::decode(&w).map_err(Into::into));
+        let decoded =
+            codec::from_message(message).and_then(|w| wire::decode(&w).map_err(Into::into));
         let change = match decoded {
             Ok(change) => change,
             Err(codec::CodecError::Wire(WireError::UnknownKind(kind))) => {
@@ -220,7 +242,9 @@ impl<H: ChangeHandler> Subscriber<H> {
             }
             Err(e) => {
                 let reason = e.to_string();
-                self.store.dead_letter_inbound(codec::raw_body(message), &reason).await?;
+                self.store
+                    .dead_letter_inbound(codec::raw_body(message), &reason)
+                    .await?;
                 reject(receiver, &delivery, &reason).await?;
                 metrics::rejected(e.as_str());
                 tracing::warn!(reason = %reason, "inbound message rejected and dead-lettered");
