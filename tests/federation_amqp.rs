@@ -724,3 +724,54 @@ async fn a_broker_restart_loses_nothing() {
     running_pub.stop().await;
     running_sub.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_deployment_mode_attaches_a_durable_subscription_by_link_name() {
+    recorder();
+    let b = broker::shared().write().await;
+    let certs = &broker::shared().certs;
+    let (_ldir, local) = temp_store("site-c");
+    let no_address = amqp_cfg(
+        &b.amqps_url(),
+        certs,
+        certs,
+        "site-c",
+        "subscribe_mode = \"per_deployment\"\n",
+    );
+    let err = run_subscriber(
+        no_address,
+        "site-c".into(),
+        local.clone(),
+        |_c: Change| async { Ok(()) },
+        CancellationToken::new(),
+    )
+    .await
+    .expect_err("per_deployment without an address cannot start");
+    assert!(err.to_string().contains("amqp.subscribe_address"), "{err}");
+
+    // RabbitMQ 3.10 accepts the durable terminus (without honouring it): the link works.
+    let extra = "subscribe_mode = \"per_deployment\"\nsubscribe_address = \"/exchange/amq.topic/audrey.federation.#\"\n";
+    let cfg = amqp_cfg(&b.amqps_url(), certs, certs, "site-c", extra);
+    let origin = nonce("per-deployment");
+    let (running_sub, seen) = subscriber(cfg, "site-c", &local, &origin, None);
+    wait_for("the subscribe link", DEADLINE, || {
+        link_up("subscribe") == Some(1.0)
+    })
+    .await;
+    let (_odir, origin_store) = temp_store(&origin);
+    origin_store
+        .append(params("I1", Some("D1"), 1))
+        .await
+        .expect("append");
+    let running_pub = publisher(
+        site_cfg(&b, "site-a"),
+        &origin_store,
+        &Arc::new(Notify::new()),
+    );
+    wait_for("the change handled", DEADLINE, || {
+        seen.distinct() == vec![1]
+    })
+    .await;
+    running_pub.stop().await;
+    running_sub.stop().await;
+}
