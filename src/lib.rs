@@ -10,9 +10,11 @@ pub mod body;
 pub mod capture;
 pub mod change;
 pub mod config;
+pub mod learn;
 pub mod metrics;
 pub mod oauth;
 pub mod proxy;
+pub mod replay;
 pub mod serve;
 pub mod store;
 pub mod tls;
@@ -57,12 +59,14 @@ pub async fn run(
         (Some(c), Some(k)) => Some(tls::server_acceptor(c, k)?),
         _ => None,
     };
-    let proxy = proxy::Proxy::new(&config.proxy, store.clone()).map_err(|reason| {
-        config::ConfigError::Invalid {
-            key: "proxy.upstream",
-            reason,
-        }
-    })?;
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let proxy =
+        proxy::Proxy::new(&config.proxy, store.clone(), wake.clone()).map_err(|reason| {
+            config::ConfigError::Invalid {
+                key: "proxy.upstream",
+                reason,
+            }
+        })?;
     let admin = Arc::new(admin::Admin {
         upstream: proxy::upstream::parse_upstream(&config.proxy.upstream).map_err(|reason| {
             config::ConfigError::Invalid {
@@ -81,6 +85,16 @@ pub async fn run(
 
     let drain = config.shutdown.drain_timeout;
     let tasks = TaskTracker::new();
+    if let Some(dir) = config.proxy.upstream_storage_dir.clone() {
+        let every = std::time::Duration::from_secs(30);
+        tasks.spawn(learn::run(
+            dir,
+            store.clone(),
+            wake.clone(),
+            every,
+            shutdown.clone(),
+        ));
+    }
     let proxy_stop = shutdown.clone();
     tasks.spawn(serve::serve(
         "proxy",

@@ -36,15 +36,31 @@ pub const HANDLER_RETRIES: &str = "audrey_federation_handler_retries_total";
 pub const LINK_PUBLISH: &str = "publish";
 pub const LINK_SUBSCRIBE: &str = "subscribe";
 
+pub const REPLAY_APPLIED: &str = "audrey_federation_applied_total";
+pub const REPLAY_DUPLICATE: &str = "audrey_federation_duplicate_total";
+pub const REPLAY_OWN_ORIGIN: &str = "audrey_federation_own_origin_total";
+pub const REPLAY_PARKED: &str = "audrey_federation_parked_total";
+pub const DEAD_LETTERED: &str = "audrey_federation_dead_lettered_total";
+pub const REPLAY_ERRORS: &str = "audrey_federation_replay_errors_total";
+pub const REPLAY_LAG: &str = "audrey_federation_lag_seconds";
+pub const REPLAY_LAST_APPLIED: &str = "audrey_federation_last_applied_timestamp_seconds";
+
 /// Latency buckets (seconds) for proxied requests: sub-millisecond to the 30 s timeout.
 const REQUEST_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Replication lag buckets (seconds): 10 ms to the default park TTL of one hour.
+const LAG_BUCKETS: &[f64] = &[
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+    1800.0, 3600.0,
 ];
 
 /// Installs the global Prometheus recorder and describes every metric.
 pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Full(PROXY_DURATION.into()), REQUEST_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(REPLAY_LAG.into()), LAG_BUCKETS)?
         .install_recorder()?;
     describe();
     Ok(handle)
@@ -84,6 +100,40 @@ fn describe() {
         OUTBOX_OLDEST_AGE,
         Unit::Seconds,
         "Age of the oldest change waiting in the outbox."
+    );
+    describe_counter!(
+        REPLAY_APPLIED,
+        "Changes from other sites applied to the local server, by event kind."
+    );
+    describe_counter!(
+        REPLAY_DUPLICATE,
+        "Inbound changes skipped because they (or a later change) were already applied, by event kind."
+    );
+    describe_counter!(
+        REPLAY_OWN_ORIGIN,
+        "Inbound changes skipped because this site captured them, by event kind."
+    );
+    describe_counter!(
+        REPLAY_PARKED,
+        "Inbound changes parked until their instance is registered here, by event kind."
+    );
+    describe_counter!(
+        DEAD_LETTERED,
+        "Changes given up on and kept for inspection, by event kind and direction."
+    );
+    describe_counter!(
+        REPLAY_ERRORS,
+        "Replay attempts that failed transiently and will be retried, by reason."
+    );
+    describe_histogram!(
+        REPLAY_LAG,
+        Unit::Seconds,
+        "Time from capture at the origin site to apply here, by origin site."
+    );
+    describe_gauge!(
+        REPLAY_LAST_APPLIED,
+        Unit::Seconds,
+        "Unix time at which a change from the origin site was last applied here."
     );
     describe_gauge!(BUILD_INFO, "Always 1; labels carry the version.");
     describe_gauge!(
@@ -198,4 +248,35 @@ pub fn rejected(reason: &'static str) {
 
 pub fn handler_retry() {
     counter!(HANDLER_RETRIES).increment(1);
+}
+
+pub fn replay_applied(kind: &'static str, origin_site: &str, lag: Duration, now: Duration) {
+    counter!(REPLAY_APPLIED, "kind" => kind).increment(1);
+    let origin = origin_site.to_owned();
+    histogram!(REPLAY_LAG, "origin_site" => origin.clone()).record(lag.as_secs_f64());
+    gauge!(REPLAY_LAST_APPLIED, "origin_site" => origin).set(now.as_secs_f64());
+}
+
+pub fn replay_duplicate(kind: &'static str) {
+    counter!(REPLAY_DUPLICATE, "kind" => kind).increment(1);
+}
+
+pub fn replay_own_origin(kind: &'static str) {
+    counter!(REPLAY_OWN_ORIGIN, "kind" => kind).increment(1);
+}
+
+pub fn replay_parked(kind: &'static str) {
+    counter!(REPLAY_PARKED, "kind" => kind).increment(1);
+}
+
+pub fn dead_lettered_inbound(kind: &'static str) {
+    counter!(DEAD_LETTERED, "kind" => kind, "direction" => "inbound").increment(1);
+}
+
+pub fn replay_error(reason: &'static str) {
+    counter!(REPLAY_ERRORS, "reason" => reason).increment(1);
+}
+
+pub fn dead_lettered_outbound(kind: &'static str) {
+    counter!(DEAD_LETTERED, "kind" => kind, "direction" => "outbound").increment(1);
 }

@@ -250,3 +250,54 @@ fn config_errors_name_the_key_and_exit_non_zero() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test]
+async fn terminates_tls_with_the_configured_certificate() {
+    use std::sync::Arc;
+    let certs = support::certs::generate(&["a"]);
+    let up = upstream::echo().await;
+    let dir = tempfile::tempdir().unwrap();
+    let tls = format!(
+        "tls_cert = \"{}\"\ntls_key = \"{}\"",
+        certs.server_cert.display(),
+        certs.server_key.display()
+    );
+    let sc = Sidecar::start(
+        dir.path(),
+        &config("a", &format!("http://{up}"), dir.path(), &tls, ""),
+    );
+
+    let mut roots = rustls::RootCertStore::empty();
+    use rustls::pki_types::pem::PemObject;
+    for c in rustls::pki_types::CertificateDer::pem_file_iter(&certs.ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(sc.proxy).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get("/version")
+        .header("host", "localhost")
+        .body(empty())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.headers()["x-echo-xfp"],
+        "https",
+        "X-Forwarded-Proto from the TLS listener"
+    );
+}

@@ -1,12 +1,20 @@
 //! Opening one AMQP 1.0 connection to the broker: TCP, mutual TLS (rustls), SASL, `open`.
 //!
 //! Owns URL parsing, the order of the steps, and the bound on their total time; PEM loading and
-//! TLS error naming live in [`super::tls`], the error type in [`super::error`]. TLS is established first on the raw
-//! socket ("alternative TLS establishment", no AMQP TLS header, which RabbitMQ does not speak),
-//! then SASL runs on the TLS stream through [`super::sasl`] (see there why the crate's EXTERNAL
-//! is not used), and the authenticated stream is handed to fe2o3-amqp's
-//! `Connection::builder().open_with_stream` with no SASL profile. This module must not retry
-//! (callers own backoff) nor open sessions or links, and never prints a password.
+//! TLS error naming live in `tls.rs`, the error type in [`super::error`]. TLS is established
+//! first on the raw socket ("alternative TLS establishment": no AMQP TLS protocol header, which
+//! RabbitMQ does not speak), then SASL runs on the TLS stream through `sasl.rs`, and the
+//! authenticated stream is handed to fe2o3-amqp's `Connection::builder().open_with_stream` with
+//! scheme `amqp` and no SASL profile, so the crate goes straight to the AMQP header.
+//!
+//! Why not the crate's own SASL: fe2o3-amqp 0.18.4's `SaslProfile::External` sends `sasl-init`
+//! with no initial response at all; RabbitMQ 3.10 wants an empty one and drops the connection
+//! ("Expecting SASL negotiation"). The upstream fix is one line (`initial_response` returning
+//! `Some(Binary::from(vec![]))` for `External`); until it ships, `sasl.rs` performs the exchange
+//! with the crate's own frame types, and PLAIN goes the same way for one code path.
+//!
+//! This module must not retry (callers own backoff) nor open sessions or links, and never prints
+//! a password.
 
 use std::io;
 use std::time::Duration;

@@ -253,6 +253,7 @@ impl Publisher {
                 tracing::error!(origin_seq = seq, kind, reason = %reason, "change moved to the outbound dead letters");
                 self.store.dead_letter_outbound(seq, &reason).await?;
                 metrics::publish_rejected();
+                metrics::dead_lettered_outbound(kind);
                 Ok(false)
             }
             Ok(other) => {

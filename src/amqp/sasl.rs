@@ -3,8 +3,8 @@
 //! Owns the SASL header exchange, `sasl-mechanisms`, `sasl-init` and `sasl-outcome` for the two
 //! mechanisms the sidecar uses (EXTERNAL, PLAIN). It exists because fe2o3-amqp 0.18.4 sends
 //! EXTERNAL's `sasl-init` with *no* initial response, which RabbitMQ 3.10 rejects by dropping the
-//! connection; here EXTERNAL sends an *empty* one, as RFC 4422 and RabbitMQ expect. Frames are
-//! encoded with the crate's own types and `serde_amqp`. It must not interpret TLS errors (the
+//! connection; here EXTERNAL sends an *empty* one, as RFC 4422 and RabbitMQ expect (RabbitMQ 4.x
+//! and Qpid accept both). Frames are encoded with the crate's own types and `serde_amqp`. It must not interpret TLS errors (the
 //! caller classifies I/O failures) and it never logs or returns a password.
 
 use std::fmt;

@@ -17,10 +17,10 @@
 //! Decoded values that are not UTF-8 are kept lossily (U+FFFD), as the change model says; the
 //! replay sends the raw `audrey_data` verbatim, so nothing is lost on the wire.
 //!
-//! Stricter than the server, on purpose (the brief asks for it): a non-empty body that does
-//! not start with `|`, or a non-empty piece without `&`, is a [`ParseError`]. The real guest
-//! agent never sends either. The server would still answer 200/202 to them (and record the
-//! caller's IP), so refusing them is a deliberate choice made in one place: [`parse`].
+//! Exactly as lenient as the server: a body that does not start with `|` still splits on
+//! bars, and a piece without `&` carries no value and is skipped. The server answers 200/202
+//! to such bodies (and records the caller's IP), so the sidecar captures them too: a change a
+//! guest was told succeeded must reach every site. Parsing therefore never fails.
 
 use std::collections::HashMap;
 
@@ -35,39 +35,14 @@ pub struct AudreyData {
     pub values: Vec<(String, String)>,
 }
 
-/// What was wrong with an `audrey_data` value.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ParseError {
-    #[error("audrey_data does not start with `|` (starts with {0:?})")]
-    MissingLeadingBar(String),
-    /// `number` counts the non-empty pieces between bars, from 1.
-    #[error("audrey_data pair {number} has no `&` between name and value: {piece:?}")]
-    PairWithoutAmpersand { number: usize, piece: String },
-}
-
-/// How much of the offending text an error message quotes.
-const QUOTE_CHARS: usize = 32;
-
 /// Parses an `audrey_data` form value. The empty string is valid and reports nothing.
-pub fn parse(data: &str) -> Result<AudreyData, ParseError> {
-    if data.is_empty() {
-        return Ok(AudreyData::default());
-    }
-    if !data.starts_with('|') {
-        return Err(ParseError::MissingLeadingBar(quote(data)));
-    }
+pub fn parse(data: &str) -> AudreyData {
     let mut out = AudreyData {
         return_codes: data.starts_with("||"),
         values: Vec::new(),
     };
     let mut position: HashMap<&str, usize> = HashMap::new();
-    for (i, piece) in data.split('|').filter(|p| !p.is_empty()).enumerate() {
-        if !piece.contains('&') {
-            return Err(ParseError::PairWithoutAmpersand {
-                number: i + 1,
-                piece: quote(piece),
-            });
-        }
+    for piece in data.split('|').filter(|p| !p.is_empty()) {
         let Some((name, value)) = ruby_pair(piece) else {
             continue;
         };
@@ -80,7 +55,7 @@ pub fn parse(data: &str) -> Result<AudreyData, ParseError> {
             }
         }
     }
-    Ok(out)
+    out
 }
 
 /// Encodes pairs in the bar format (standard base64, padded), as the guest agent does.
@@ -150,13 +125,6 @@ pub fn ruby_decode64(input: &[u8]) -> Vec<u8> {
     out
 }
 
-fn quote(s: &str) -> String {
-    match s.char_indices().nth(QUOTE_CHARS) {
-        Some((cut, _)) => format!("{}...", &s[..cut]),
-        None => s.to_owned(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -222,7 +190,7 @@ mod tests {
             ("|na\u{e9}me&w6k=|", false, &[("na\u{e9}me", "\u{e9}")]),
         ];
         for (data, codes, want) in cases {
-            let got = parse(data).unwrap_or_else(|e| panic!("{data:?}: {e}"));
+            let got = parse(data);
             assert_eq!(
                 got,
                 AudreyData {
@@ -235,28 +203,20 @@ mod tests {
     }
 
     #[test]
-    fn parse_errors_name_the_problem() {
-        let long = "x".repeat(1_000_000);
-        let cases: Vec<(&str, &str)> = vec![
-            ("ipaddress&MTAu|", "does not start with `|`"),
-            ("&|", "does not start with `|`"),
-            (" |a&b|", "does not start with `|`"),
-            (
-                &long,
-                "does not start with `|` (starts with \"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx...\")",
-            ),
-            (
-                "|ipaddress|",
-                "pair 1 has no `&` between name and value: \"ipaddress\"",
-            ),
-            ("|a&MA==|oops|", "pair 2 has no `&`"),
-            ("||db_svc|", "pair 1 has no `&`"),
-        ];
-        for (data, want) in cases {
-            let msg = parse(data).expect_err(data).to_string();
-            assert!(msg.contains(want), "{data:.40?}: {msg}");
-            assert!(msg.len() < 200, "message quotes too much: {msg:.300}");
-        }
+    fn lenient_like_the_server() {
+        let pairs = |v: &[(&str, &str)]| {
+            v.iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            parse("ipaddress&MTAu|").values,
+            pairs(&[("ipaddress", "10.")])
+        );
+        assert_eq!(parse("|ipaddress|").values, pairs(&[]));
+        assert_eq!(parse("|a&MA==|oops|").values, pairs(&[("a", "0")]));
+        assert!(parse("||db_svc|").return_codes);
+        assert!(parse(&"x".repeat(1_000_000)).values.is_empty());
     }
 
     #[test]
@@ -409,7 +369,7 @@ mod tests {
         for (values, codes, want) in cases {
             let text = encode(&values, codes);
             assert_eq!(text, want);
-            let back = parse(&text).expect("encoded text parses");
+            let back = parse(&text);
             assert_eq!(
                 back,
                 AudreyData {
@@ -427,10 +387,10 @@ mod tests {
             .map(|i| (format!("p{i}"), pair.1.clone()))
             .collect();
         let text = encode(&many, false);
-        let parsed = parse(&text).expect("parses");
+        let parsed = parse(&text);
         assert_eq!(parsed.values.len(), 50_000);
         let big_value = "A".repeat(4_000_000);
-        let parsed = parse(&format!("|x&{big_value}|")).expect("parses");
+        let parsed = parse(&format!("|x&{big_value}|"));
         assert_eq!(parsed.values[0].1.len(), 3_000_000);
     }
 }

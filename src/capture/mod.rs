@@ -19,7 +19,6 @@ pub mod route;
 pub use route::{classify, route_class, Route, RouteClass};
 
 use crate::change::{Capture, Event};
-use audrey_data::ParseError;
 use instance_config::InstanceConfigError;
 
 /// Why a capturing request produced no change. [`NotCaptured::as_str`] is a stable metric
@@ -30,8 +29,6 @@ pub enum NotCaptured {
     NotCapturing,
     #[error("PUT /params body has no audrey_data form field")]
     MissingAudreyData,
-    #[error("PUT /params has a bad audrey_data: {0}")]
-    BadAudreyData(ParseError),
     #[error("POST /configs body has no data form field")]
     MissingData,
     #[error("POST /configs data form field is not valid UTF-8")]
@@ -46,7 +43,6 @@ impl NotCaptured {
         match self {
             NotCaptured::NotCapturing => "not_capturing",
             NotCaptured::MissingAudreyData => "missing_audrey_data",
-            NotCaptured::BadAudreyData(_) => "bad_audrey_data",
             NotCaptured::MissingData => "missing_data",
             NotCaptured::DataNotUtf8 => "data_not_utf8",
             NotCaptured::BadInstanceConfig(e) if e.is_missing_deployment() => {
@@ -81,7 +77,7 @@ pub fn capture_from(
     let (api_version, instance, deployment, event) = match route {
         Route::PutParams { version, instance } => {
             let raw = form::field(body, "audrey_data").ok_or(NotCaptured::MissingAudreyData)?;
-            let parsed = audrey_data::parse(&raw).map_err(NotCaptured::BadAudreyData)?;
+            let parsed = audrey_data::parse(&raw);
             let event = Event::Params {
                 audrey_data: raw,
                 values: parsed.values,
@@ -256,8 +252,6 @@ mod tests {
             (put("U"), vec![], "missing_audrey_data", "no audrey_data form field"),
             (put("U"), b"audrey_data".to_vec(), "missing_audrey_data", "no audrey_data"),
             (put("U"), b"data=%7C%26%7C".to_vec(), "missing_audrey_data", "no audrey_data"),
-            (put("U"), form(&[("audrey_data", "ipaddress&MA==")]), "bad_audrey_data", "does not start with `|`"),
-            (put("U"), form(&[("audrey_data", "|ipaddress|")]), "bad_audrey_data", "pair 1 has no `&`"),
             (post("I"), vec![], "missing_data", "no data form field"),
             (post("I"), b"data=%FF".to_vec(), "data_not_utf8", "not valid UTF-8"),
             (post("I"), form(&[("data", "<instance-config")]), "bad_xml", "not well-formed XML"),

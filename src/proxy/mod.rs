@@ -18,6 +18,7 @@ use http::header::{HeaderValue, CONTENT_LENGTH, EXPECT, HOST};
 use http::{Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use tokio::sync::Notify;
 
 use crate::body::{boxed, ProxyBody};
 use crate::capture::route::{classify, route_class};
@@ -36,10 +37,12 @@ pub struct Proxy {
     body_limit: usize,
     trusted: TrustedProxies,
     store: Store,
+    /// Woken after each durable append, so the publisher need not poll.
+    wake: Arc<Notify>,
 }
 
 impl Proxy {
-    pub fn new(cfg: &ProxyConfig, store: Store) -> Result<Arc<Proxy>, String> {
+    pub fn new(cfg: &ProxyConfig, store: Store, wake: Arc<Notify>) -> Result<Arc<Proxy>, String> {
         let upstream = upstream::parse_upstream(&cfg.upstream)?;
         Ok(Arc::new(Proxy {
             client: upstream::client(cfg.upstream_idle_timeout),
@@ -49,6 +52,7 @@ impl Proxy {
             body_limit: cfg.capture_body_limit,
             trusted: TrustedProxies::new(&cfg.trusted_proxies),
             store,
+            wake,
         }))
     }
 
@@ -119,6 +123,7 @@ impl Proxy {
         if let Some(c) = pending {
             if capture::captures_status(&route, resp.status()) {
                 capture::commit(&self.store, c).await?;
+                self.wake.notify_one();
             } else {
                 crate::metrics::capture_skipped("upstream_status");
             }

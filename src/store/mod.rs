@@ -208,6 +208,7 @@ fn create_tables(db: &Database) -> Result<writer::Snapshot, StoreError> {
     txn.open_table(tables::ORIGINS).wr()?;
     txn.open_table(tables::PARKED).wr()?;
     txn.open_table(tables::INBOUND_DEAD).wr()?;
+    txn.open_table(tables::INSTANCE_SECRETS).wr()?;
     let snapshot = writer::Snapshot::take(&txn)?;
     txn.commit().wr()?;
     Ok(snapshot)

@@ -2,7 +2,8 @@
 //!
 //! Owns the per `(origin, instance)` high-water mark of applied `instance_seq`, the per
 //! `(origin, deployment)` mark of applied deletions, per-origin state for the lag metric,
-//! parked changes (instance not registered here yet) and inbound dead letters. Each write is
+//! parked changes (instance not registered here yet), inbound dead letters and the OAuth
+//! secrets of instances registered here by replay. Each write is
 //! one atomic op in the writer's transaction. It must not talk to the server or the broker.
 
 use redb::{ReadableTable, WriteTransaction};
@@ -30,7 +31,10 @@ pub(crate) fn record_applied(txn: &WriteTransaction, change: &Change) -> Result<
                 change.origin_seq,
             )?;
         }
-        (_, Some(instance), deployment) => {
+        (event, Some(instance), deployment) => {
+            if let Event::Registration { secret, .. } = event {
+                remember_secret(txn, instance, secret)?;
+            }
             raise(
                 txn,
                 tables::APPLIED_INSTANCE,
@@ -76,6 +80,19 @@ fn raise(
     if seq > current {
         table.insert(key, seq).wr()?;
     }
+    Ok(())
+}
+
+/// Store (or replace) the OAuth secret of an instance registered at this site's server.
+pub(crate) fn remember_secret(
+    txn: &WriteTransaction,
+    instance: &str,
+    secret: &str,
+) -> Result<(), StoreError> {
+    txn.open_table(tables::INSTANCE_SECRETS)
+        .wr()?
+        .insert(instance, secret)
+        .wr()?;
     Ok(())
 }
 
@@ -198,11 +215,31 @@ impl Store {
     }
 
     /// Durably record that `change` was applied here (marks, origin state, learnt
-    /// deployment, and removal from the parked table, all in one transaction).
+    /// deployment, a registration's instance secret, and removal from the parked table, all
+    /// in one transaction).
     pub async fn record_applied(&self, change: &Change) -> Result<(), StoreError> {
         self.submit(Op::RecordApplied(Box::new(change.clone())))
             .await
             .map(|_| ())
+    }
+
+    /// Durably remember the OAuth secret of `instance` at this site's server (replacing any).
+    pub async fn remember_secret(&self, instance: &str, secret: &str) -> Result<(), StoreError> {
+        self.submit(Op::RememberSecret {
+            instance: instance.to_owned(),
+            secret: secret.to_owned(),
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// The OAuth secret of `instance` at this site's server, when known here.
+    pub fn instance_secret(&self, instance: &str) -> Result<Option<String>, StoreError> {
+        self.read(|txn| {
+            let table = txn.open_table(tables::INSTANCE_SECRETS).rd()?;
+            let found = table.get(instance).rd()?;
+            Ok(found.map(|v| v.value().to_owned()))
+        })
     }
 
     /// State of one origin site, if anything from it was applied.

@@ -34,6 +34,10 @@ pub(crate) const ORIGINS: TableDefinition<&str, &[u8]> = TableDefinition::new("o
 pub(crate) const PARKED: TableDefinition<&str, &[u8]> = TableDefinition::new("parked");
 /// `local id -> serde_json(InboundDeadLetter)`: inbound messages that cannot be applied.
 pub(crate) const INBOUND_DEAD: TableDefinition<u64, &[u8]> = TableDefinition::new("inbound_dead");
+/// `instance uuid -> OAuth consumer secret`, learnt from registrations applied here, so
+/// replayed params changes can be signed with the instance's own credentials.
+pub(crate) const INSTANCE_SECRETS: TableDefinition<&str, &str> =
+    TableDefinition::new("instance_secrets");
 
 /// Next `origin_seq` to assign (starts at 1). Kept apart from the outbox so that delivered
 /// (removed) entries never give their number back.

@@ -50,6 +50,10 @@ pub(crate) enum Op {
         message_id: String,
         reason: String,
     },
+    RememberSecret {
+        instance: String,
+        secret: String,
+    },
     /// Nothing to write: asks the writer to reopen the file after a reader saw an I/O error.
     Nop,
     /// Finish the batch, close the file, stop the thread.
@@ -243,6 +247,10 @@ fn apply(txn: &WriteTransaction, shared: &Shared, op: &Op) -> Result<Value, Stor
         }
         Op::DeadLetterParked { message_id, reason } => {
             Value::Flag(replay::dead_letter_parked(txn, message_id, reason)?)
+        }
+        Op::RememberSecret { instance, secret } => {
+            replay::remember_secret(txn, instance, secret)?;
+            Value::Unit
         }
         Op::Nop | Op::Close => Value::Unit,
     })

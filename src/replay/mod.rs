@@ -1,0 +1,248 @@
+//! The replay engine: applies a change captured at another site to the LOCAL Config Server,
+//! exactly once in effect and in per-instance order.
+//!
+//! Owns the decision for each inbound change (own origin, duplicate, apply, park, dead
+//! letter), the recent message-id cache, the per-instance lanes that keep one instance's
+//! changes in order, and the replay metrics and logs. Every [`Outcome`] is durable in the
+//! store before [`Replayer::apply`] returns, so the caller may then settle the AMQP message;
+//! a [`ReplayError`] means "nothing settled, retry the same change later".
+//!
+//! It must not talk to the broker or go through the proxy (replays go straight to the
+//! server, so they are never captured again), and it must never re-POST a registration the
+//! local server already has (that wipes reported values). Requests live in `http.rs`, the
+//! per-kind rules in `apply.rs`, parked changes in `parked.rs`.
+
+mod apply;
+mod error;
+mod http;
+mod parked;
+
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::time::Duration;
+
+use ::http::uri::Authority;
+use tokio::sync::Mutex;
+
+use crate::change::{now_ms, Change};
+use crate::config::ReplayConfig;
+use crate::store::Store;
+
+pub use error::ReplayError;
+pub use parked::RetryReport;
+
+/// Default whole-request timeout towards the local server.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Message ids remembered in memory to drop redeliveries without a store read.
+const RECENT_IDS: u64 = 100_000;
+/// Number of per-instance lanes (instances hash onto them; a lane serialises its instances).
+const LANES: usize = 64;
+
+/// What became of an inbound change. Each is durable in the store when returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The local server accepted it and the store recorded it as applied.
+    Applied,
+    /// This site captured it: nothing to do (no echo, no loop).
+    OwnOrigin,
+    /// It (or a later change of the same instance or deployment) was applied already.
+    Duplicate,
+    /// Its instance is not registered here yet, or an earlier change of the instance waits:
+    /// kept in the store and retried by [`Replayer::retry_parked`].
+    Parked,
+    /// It can never be applied (invalid, refused by the server, or parked past the TTL):
+    /// kept in the store's inbound dead letters, counted and logged.
+    DeadLettered,
+}
+
+impl Outcome {
+    /// Short stable name for logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Applied => "applied",
+            Outcome::OwnOrigin => "own_origin",
+            Outcome::Duplicate => "duplicate",
+            Outcome::Parked => "parked",
+            Outcome::DeadLettered => "dead_lettered",
+        }
+    }
+}
+
+/// Conductor's OAuth consumer credentials at the local server (`oauth.conductor_key` and
+/// the content of `oauth.conductor_secret_file`). `Debug` never shows the secret.
+#[derive(Clone)]
+pub struct Conductor {
+    pub key: String,
+    pub secret: String,
+}
+
+impl std::fmt::Debug for Conductor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conductor")
+            .field("key", &self.key)
+            .field("secret", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Applies changes from other sites to the local Config Server. Share it behind an `Arc`;
+/// every method takes `&self` and may run concurrently.
+pub struct Replayer {
+    site: String,
+    server: http::LocalServer,
+    conductor: Conductor,
+    store: Store,
+    park_ttl: Duration,
+    retry_max: Duration,
+    recent: moka::sync::Cache<String, ()>,
+    lanes: Vec<Mutex<()>>,
+}
+
+impl std::fmt::Debug for Replayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replayer")
+            .field("site", &self.site)
+            .field("conductor", &self.conductor)
+            .field("park_ttl", &self.park_ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Replayer {
+    /// A replayer for site `site` applying to the server at `upstream` (the authority of
+    /// `proxy.upstream`, e.g. `127.0.0.1:4567`; it is also the `Host` the requests are
+    /// signed for). Requests time out after [`DEFAULT_TIMEOUT`].
+    pub fn new(
+        site: &str,
+        upstream: Authority,
+        conductor: Conductor,
+        store: Store,
+        config: &ReplayConfig,
+    ) -> Replayer {
+        Replayer {
+            site: site.to_owned(),
+            server: http::LocalServer::new(upstream, DEFAULT_TIMEOUT),
+            conductor,
+            store,
+            park_ttl: config.park_ttl,
+            retry_max: config.retry_max,
+            recent: moka::sync::Cache::new(RECENT_IDS),
+            lanes: (0..LANES).map(|_| Mutex::new(())).collect(),
+        }
+    }
+
+    /// Replace the whole-request timeout towards the local server.
+    pub fn with_timeout(mut self, timeout: Duration) -> Replayer {
+        self.server.set_timeout(timeout);
+        self
+    }
+
+    /// The site whose changes this replayer skips as its own.
+    pub fn site(&self) -> &str {
+        &self.site
+    }
+
+    /// Delay before retrying after the `attempt`-th consecutive [`ReplayError`] (1, 2, ...):
+    /// 100 ms doubling, capped at `replay.retry_max`.
+    pub fn retry_delay(&self, attempt: u32) -> Duration {
+        backoff(attempt, self.retry_max)
+    }
+
+    /// Apply one inbound change. Returns once its outcome is durable; on `Err` nothing was
+    /// settled and the caller retries the same change later, keeping order.
+    pub async fn apply(&self, change: Change) -> Result<Outcome, ReplayError> {
+        let kind = change.event.kind();
+        if change.origin_site == self.site {
+            crate::metrics::replay_own_origin(kind);
+            return Ok(Outcome::OwnOrigin);
+        }
+        let id = change.message_id();
+        if self.recent.contains_key(&id) {
+            crate::metrics::replay_duplicate(kind);
+            return Ok(Outcome::Duplicate);
+        }
+        let result = self.apply_new(&change).await;
+        match &result {
+            Ok(Outcome::Duplicate) => crate::metrics::replay_duplicate(kind),
+            Ok(_) => {}
+            Err(e) => self.transient(&change, e),
+        }
+        result
+    }
+
+    /// Remember a settled message id so a redelivery is dropped without a store read.
+    fn remember(&self, change: &Change) {
+        self.recent.insert(change.message_id(), ());
+    }
+
+    /// The lane of an instance: held while one of its changes is being decided.
+    fn lane(&self, instance: &str) -> &Mutex<()> {
+        let mut h = DefaultHasher::new();
+        instance.hash(&mut h);
+        &self.lanes[(h.finish() % LANES as u64) as usize]
+    }
+
+    /// Count and log a transient failure (one line, with the reason).
+    fn transient(&self, change: &Change, e: &ReplayError) {
+        crate::metrics::replay_error(e.reason());
+        tracing::warn!(
+            message_id = %change.message_id(),
+            kind = change.event.kind(),
+            reason = e.reason(),
+            error = %e,
+            "replay failed; the change will be retried"
+        );
+    }
+
+    /// Record `change` as applied (durably), then count it and feed the lag metrics.
+    async fn mark_applied(&self, change: &Change) -> Result<Outcome, ReplayError> {
+        self.store.record_applied(change).await?;
+        let now = now_ms();
+        crate::metrics::replay_applied(
+            change.event.kind(),
+            &change.origin_site,
+            Duration::from_millis(now.saturating_sub(change.captured_at_ms)),
+            Duration::from_millis(now),
+        );
+        self.remember(change);
+        tracing::debug!(
+            message_id = %change.message_id(),
+            kind = change.event.kind(),
+            instance = change.instance.as_deref().unwrap_or(""),
+            "replayed"
+        );
+        Ok(Outcome::Applied)
+    }
+}
+
+/// 100 ms doubling per attempt (1, 2, ...), capped at `max` (at least 1 ms).
+fn backoff(attempt: u32, max: Duration) -> Duration {
+    let doubled =
+        Duration::from_millis(100).saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
+    doubled.min(max.max(Duration::from_millis(1)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let max = Duration::from_secs(10);
+        let delays: Vec<u64> = [0, 1, 2, 3, 7, 8, 40, u32::MAX]
+            .iter()
+            .map(|&a| backoff(a, max).as_millis() as u64)
+            .collect();
+        assert_eq!(delays, [100, 100, 200, 400, 6400, 10_000, 10_000, 10_000]);
+        assert_eq!(backoff(5, Duration::ZERO), Duration::from_millis(1));
+    }
+
+    #[test]
+    fn conductor_debug_hides_the_secret() {
+        let c = Conductor {
+            key: "conductor".into(),
+            secret: "hunter2".into(),
+        };
+        let shown = format!("{c:?}");
+        assert!(shown.contains("conductor") && !shown.contains("hunter2"));
+    }
+}
