@@ -22,6 +22,20 @@ pub const OUTBOX_WRITE_ERRORS: &str = "audrey_federation_outbox_write_errors_tot
 pub const OUTBOX_PENDING: &str = "audrey_federation_outbox_pending";
 pub const OUTBOX_OLDEST_AGE: &str = "audrey_federation_outbox_oldest_age_seconds";
 pub const BUILD_INFO: &str = "audrey_federation_build_info";
+pub const BROKER_LINK_UP: &str = "audrey_federation_broker_link_up";
+pub const BROKER_CONNECT_FAILURES: &str = "audrey_federation_broker_connect_failures_total";
+pub const OUTBOX_HELD: &str = "audrey_federation_outbox_held";
+pub const PUBLISHED: &str = "audrey_federation_published_total";
+pub const PUBLISH_REJECTED: &str = "audrey_federation_publish_rejected_total";
+pub const PUBLISH_RELEASED: &str = "audrey_federation_publish_released_total";
+pub const RECEIVED: &str = "audrey_federation_received_total";
+pub const REJECTED: &str = "audrey_federation_rejected_total";
+pub const HANDLER_RETRIES: &str = "audrey_federation_handler_retries_total";
+
+/// `link` label values of the broker metrics.
+pub const LINK_PUBLISH: &str = "publish";
+pub const LINK_SUBSCRIBE: &str = "subscribe";
+
 pub const REPLAY_APPLIED: &str = "audrey_federation_applied_total";
 pub const REPLAY_DUPLICATE: &str = "audrey_federation_duplicate_total";
 pub const REPLAY_OWN_ORIGIN: &str = "audrey_federation_own_origin_total";
@@ -122,6 +136,42 @@ fn describe() {
         "Unix time at which a change from the origin site was last applied here."
     );
     describe_gauge!(BUILD_INFO, "Always 1; labels carry the version.");
+    describe_gauge!(
+        BROKER_LINK_UP,
+        "1 while the link to the broker is attached, by link (publish, subscribe)."
+    );
+    describe_counter!(
+        BROKER_CONNECT_FAILURES,
+        "Failed attempts to connect and attach to the broker, or links lost, by link."
+    );
+    describe_gauge!(
+        OUTBOX_HELD,
+        "Outbox entries held back because their deployment is still unknown."
+    );
+    describe_counter!(
+        PUBLISHED,
+        "Changes the broker accepted (and that left the outbox), by event kind."
+    );
+    describe_counter!(
+        PUBLISH_REJECTED,
+        "Changes the broker rejected; they were moved to the outbound dead letters."
+    );
+    describe_counter!(
+        PUBLISH_RELEASED,
+        "Sends the broker released or modified; the change stays in the outbox and is resent."
+    );
+    describe_counter!(
+        RECEIVED,
+        "Inbound changes handled and accepted, by event kind."
+    );
+    describe_counter!(
+        REJECTED,
+        "Inbound messages rejected as invalid and dead-lettered, by reason."
+    );
+    describe_counter!(
+        HANDLER_RETRIES,
+        "Inbound changes whose handler failed transiently and were retried."
+    );
     gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
 }
 
@@ -162,6 +212,44 @@ pub fn outbox_state(pending: u64, oldest_age: Option<Duration>) {
     gauge!(OUTBOX_OLDEST_AGE).set(oldest_age.map_or(0.0, |d| d.as_secs_f64()));
 }
 
+/// The broker link `link` ([`LINK_PUBLISH`] or [`LINK_SUBSCRIBE`]) went up or down.
+pub fn broker_link_up(link: &'static str, up: bool) {
+    gauge!(BROKER_LINK_UP, "link" => link).set(if up { 1.0 } else { 0.0 });
+}
+
+pub fn broker_connect_failure(link: &'static str) {
+    counter!(BROKER_CONNECT_FAILURES, "link" => link).increment(1);
+}
+
+pub fn outbox_held(held: usize) {
+    gauge!(OUTBOX_HELD).set(held as f64);
+}
+
+pub fn published(kind: &'static str) {
+    counter!(PUBLISHED, "kind" => kind).increment(1);
+}
+
+pub fn publish_rejected() {
+    counter!(PUBLISH_REJECTED).increment(1);
+}
+
+pub fn publish_released() {
+    counter!(PUBLISH_RELEASED).increment(1);
+}
+
+pub fn received(kind: &'static str) {
+    counter!(RECEIVED, "kind" => kind).increment(1);
+}
+
+/// `reason` is a stable label (`WireError::as_str` or a codec reason), never message text.
+pub fn rejected(reason: &'static str) {
+    counter!(REJECTED, "reason" => reason).increment(1);
+}
+
+pub fn handler_retry() {
+    counter!(HANDLER_RETRIES).increment(1);
+}
+
 pub fn replay_applied(kind: &'static str, origin_site: &str, lag: Duration, now: Duration) {
     counter!(REPLAY_APPLIED, "kind" => kind).increment(1);
     let origin = origin_site.to_owned();
@@ -187,4 +275,8 @@ pub fn dead_lettered_inbound(kind: &'static str) {
 
 pub fn replay_error(reason: &'static str) {
     counter!(REPLAY_ERRORS, "reason" => reason).increment(1);
+}
+
+pub fn dead_lettered_outbound(kind: &'static str) {
+    counter!(DEAD_LETTERED, "kind" => kind, "direction" => "outbound").increment(1);
 }

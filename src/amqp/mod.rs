@@ -5,11 +5,16 @@
 //! hard-coded broker-specific forms. This module must not touch the outbox or the HTTP path.
 
 pub mod backoff;
+pub mod codec;
 pub mod connection;
 pub mod error;
+pub mod publisher;
 mod sasl;
+pub mod subscriber;
 mod tls;
 
 pub use backoff::Backoff;
 pub use connection::{connect, Endpoint};
 pub use error::AmqpError;
+pub use publisher::{run_publisher, PublishError};
+pub use subscriber::{run_subscriber, ChangeHandler, SubscribeError};
