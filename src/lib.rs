@@ -44,6 +44,8 @@ pub enum StartError {
     Store(#[from] store::StoreError),
     #[error("listener TLS: {0}")]
     Tls(#[from] tls::TlsError),
+    #[error("cannot read oauth.conductor_secret_file {path}: {reason}")]
+    ConductorSecret { path: String, reason: String },
 }
 
 /// Runs the sidecar until `shutdown` fires, then drains within `shutdown.drain_timeout`.
@@ -77,14 +79,14 @@ pub async fn run(
         store: store.clone(),
         metrics,
     });
-    if config.amqp.is_none() {
-        tracing::warn!(
-            "no [amqp] section: running as a capturing proxy only; the outbox keeps every change until federation is enabled"
-        );
-    }
-
     let drain = config.shutdown.drain_timeout;
     let tasks = TaskTracker::new();
+    match &config.amqp {
+        None => tracing::warn!(
+            "no [amqp] section: running as a capturing proxy only; the outbox keeps every change until federation is enabled"
+        ),
+        Some(amqp) => start_federation(&config, amqp, &store, &wake, &tasks, &shutdown)?,
+    }
     if let Some(dir) = config.proxy.upstream_storage_dir.clone() {
         let every = std::time::Duration::from_secs(30);
         tasks.spawn(learn::run(
@@ -120,5 +122,78 @@ pub async fn run(
     admin_stop.cancel();
     let _ = admin_task.await;
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// Starts the publisher (outbox → broker), the subscriber (broker → replay → local server)
+/// and the timer that retries parked changes.
+fn start_federation(
+    config: &Config,
+    amqp: &config::AmqpConfig,
+    store: &store::Store,
+    wake: &Arc<tokio::sync::Notify>,
+    tasks: &TaskTracker,
+    shutdown: &CancellationToken,
+) -> Result<(), StartError> {
+    // validate() guarantees both are set when [amqp] is.
+    let key = config.oauth.conductor_key.clone().unwrap_or_default();
+    let secret_path = config
+        .oauth
+        .conductor_secret_file
+        .clone()
+        .unwrap_or_default();
+    let secret =
+        std::fs::read_to_string(&secret_path).map_err(|e| StartError::ConductorSecret {
+            path: secret_path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+    let conductor = replay::Conductor {
+        key,
+        secret: secret.trim_end_matches(['\r', '\n']).to_string(),
+    };
+    let upstream = proxy::upstream::parse_upstream(&config.proxy.upstream).map_err(|reason| {
+        config::ConfigError::Invalid {
+            key: "proxy.upstream",
+            reason,
+        }
+    })?;
+    let replayer = Arc::new(replay::Replayer::new(
+        &config.site,
+        upstream,
+        conductor,
+        store.clone(),
+        &config.replay,
+    ));
+    tracing::info!(site = %config.site, broker = %amqp.url, "federation enabled");
+
+    tasks.spawn(amqp::publisher::run_publisher(
+        amqp.clone(),
+        config.site.clone(),
+        store.clone(),
+        wake.clone(),
+        shutdown.clone(),
+    ));
+    let r = replayer.clone();
+    let handler = move |change: change::Change| {
+        let r = r.clone();
+        async move { r.apply(change).await.map(|_| ()).map_err(|e| e.to_string()) }
+    };
+    let (cfg, site, st, stop) = (
+        amqp.clone(),
+        config.site.clone(),
+        store.clone(),
+        shutdown.clone(),
+    );
+    tasks.spawn(async move {
+        if let Err(e) = amqp::subscriber::run_subscriber(cfg, site, st, handler, stop).await {
+            tracing::error!(error = %e, "subscriber cannot start");
+        }
+    });
+    let stop = shutdown.clone();
+    tasks.spawn(async move {
+        replayer
+            .retry_parked_every(std::time::Duration::from_secs(5), stop)
+            .await
+    });
     Ok(())
 }

@@ -9,6 +9,7 @@ pub mod client;
 pub mod emulator;
 pub mod relay;
 pub mod sidecar;
+pub mod site;
 pub mod upstream;
 
 /// Path of one of our binaries: Cargo's `CARGO_BIN_EXE_*` in tests, else (the demo example)
