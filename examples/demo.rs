@@ -1,43 +1,43 @@
 //! The main job, runnable on one machine: `scripts/demo`.
 //!
-//! Brings up a Config Server emulator with `audrey-federation` in front of it, drives the
-//! I1/I2 scenario through the sidecar as Conductor and the guests would, and shows what
-//! the server answered and what the sidecar recorded for the federation. Reuses the test
-//! harness (`tests/support/`), so the demo and the tests start things the same way.
+//! Brings up a real RabbitMQ (AMQP 1.0, mutual TLS, SASL EXTERNAL), two emulated Config
+//! Servers and two `audrey-federation` sidecars (site-a, site-b), drives the I1/I2 scenario
+//! (I1 registers and reports at A, I2 at B, each references the other), and shows each
+//! value arriving at the other site and how long it took. Reuses the test harness
+//! (`tests/support/`), so the demo and the tests start things the same way; everything
+//! runs in temporary folders and is stopped on exit.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use audrey_federation::store::Store;
-use support::client::{audrey_data, Client, Creds, InstanceXml, Placement, ServiceXml};
-use support::emulator::Emulator;
-use support::sidecar::{config, Sidecar};
+use support::broker::{Broker, BrokerOptions};
+use support::client::{audrey_data, Creds, InstanceXml, Placement, ServiceXml};
+use support::site::Site;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let conductor = Creds::new("conductor", "c0nduct0r");
-    let emu = Emulator::start(&conductor.key, &conductor.secret);
+    let sites = ["site-a", "site-b"];
+    let certs = support::certs::generate(&sites);
+    println!("starting RabbitMQ (AMQP 1.0 over mutual TLS) ...");
+    let broker = Broker::start(BrokerOptions {
+        sites: &sites,
+        certs: &certs,
+    });
     let dir = tempfile::tempdir()?;
-    let mut sc = Sidecar::start(
-        dir.path(),
-        &config(
-            "site-a",
-            &format!("http://{}", emu.addr()),
-            dir.path(),
-            "",
-            "",
-        ),
-    );
-    println!(
-        "site-a: Config Server emulator on {}, audrey-federation on {} (admin {})",
-        emu.addr(),
-        sc.proxy,
-        sc.admin
-    );
+    let a = Site::start("site-a", &broker.amqps_url(), &certs, &dir.path().join("a"));
+    let b = Site::start("site-b", &broker.amqps_url(), &certs, &dir.path().join("b"));
+    println!("broker {}", broker.amqps_url());
+    for s in [&a, &b] {
+        println!(
+            "{}: Config Server on {}, audrey-federation on {}",
+            s.name,
+            s.emulator.addr(),
+            s.sidecar.proxy
+        );
+    }
 
-    let c = Client::new(sc.proxy).with_host("configserver.site-a.example");
     let i1 = InstanceXml::new("I1", "D1", "s3cret1")
         .provides("ipaddress")
         .service(ServiceXml::new("db_svc").value("port", "3306").reference(
@@ -52,12 +52,24 @@ async fn main() -> anyhow::Result<()> {
             "I1",
             "ipaddress",
         ));
-    for x in [&i1, &i2] {
-        let r = c.register(&conductor, 1, &x.uuid, &x.to_xml()).await?;
-        println!("Conductor  POST /configs/1/{} -> {}", x.uuid, r.status);
-    }
+    let (ca, cb) = (a.client(), b.client());
+    println!(
+        "Conductor  POST /configs/1/I1 at A -> {}",
+        ca.register(&Site::conductor(), 1, "I1", &i1.to_xml())
+            .await?
+            .status
+    );
+    println!(
+        "Conductor  POST /configs/1/I2 at B -> {}",
+        cb.register(&Site::conductor(), 1, "I2", &i2.to_xml())
+            .await?
+            .status
+    );
+
     let started = Instant::now();
-    let r = c
+    let r = ca
+        .clone()
+        .with_header("X-Forwarded-For", "198.51.100.11")
         .put_params(
             2,
             "I1",
@@ -67,30 +79,55 @@ async fn main() -> anyhow::Result<()> {
         )
         .await?;
     println!(
-        "guest I1   PUT /params/2/I1 ipaddress=10.0.0.5 -> {} {:?} ({:?})",
-        r.status,
-        r.text(),
-        started.elapsed()
+        "guest I1   PUT /params/2/I1 ipaddress=10.0.0.5 at A -> {}",
+        r.status
     );
-    let r = c
-        .get_configs(2, "I2", None, &Creds::new("I2", &i2.secret))
+    let r = cb
+        .clone()
+        .with_header("X-Forwarded-For", "203.0.113.22")
+        .put_params(
+            2,
+            "I2",
+            &i2.secret,
+            &audrey_data(&[("ipaddress", "10.1.0.7")]),
+            Placement::Body,
+        )
         .await?;
-    println!("guest I2   GET /configs/2/I2 -> {} {}", r.status, r.text());
+    println!(
+        "guest I2   PUT /params/2/I2 ipaddress=10.1.0.7 at B -> {}",
+        r.status
+    );
 
-    let status = sc.terminate();
-    println!("sidecar stopped with SIGTERM: {status}");
-    let store = Store::open(&dir.path().join("state"), "site-a")?;
-    println!("outbox (what federation will carry to the other sites):");
-    for ch in store.pending(None, 100)? {
-        println!(
-            "  {}  {:<12} instance={} deployment={} guest={}",
-            ch.message_id(),
-            ch.event.kind(),
-            ch.instance.as_deref().unwrap_or("-"),
-            ch.deployment.as_deref().unwrap_or("-"),
-            ch.client_addr.as_deref().unwrap_or("-")
-        );
+    let deadline = started + Duration::from_secs(60);
+    for (site, client, uuid, secret) in [("B", &cb, "I2", &i2.secret), ("A", &ca, "I1", &i1.secret)]
+    {
+        loop {
+            let r = client
+                .get_configs(2, uuid, None, &Creds::new(uuid, secret))
+                .await?;
+            if r.status == 200 {
+                println!(
+                    "guest {uuid}   GET /configs/2/{uuid} at {site} -> 200 {}   ({:?} after the reports)",
+                    r.text(),
+                    started.elapsed()
+                );
+                break;
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "{uuid} at {site}: still {} after 60s",
+                r.status
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
-    store.close().await?;
+    println!(
+        "site-b's server recorded I1's address as {}",
+        b.server().get_ip(2, "I1").await?.text()
+    );
+    println!(
+        "site-a's server recorded I2's address as {}",
+        a.server().get_ip(2, "I2").await?.text()
+    );
     Ok(())
 }
