@@ -13,7 +13,8 @@ mod support;
 use std::time::{Duration, Instant};
 
 use support::broker::{Broker, BrokerOptions};
-use support::client::{audrey_data, Creds, InstanceXml, Placement, ServiceXml};
+use support::client::{audrey_data, Creds, Placement};
+use support::scenario;
 use support::site::Site;
 
 #[tokio::main]
@@ -38,20 +39,7 @@ async fn main() -> anyhow::Result<()> {
         );
     }
 
-    let i1 = InstanceXml::new("I1", "D1", "s3cret1")
-        .provides("ipaddress")
-        .service(ServiceXml::new("db_svc").value("port", "3306").reference(
-            "peer_ip",
-            "I2",
-            "ipaddress",
-        ));
-    let i2 = InstanceXml::new("I2", "D1", "s3cret2")
-        .provides("ipaddress")
-        .service(ServiceXml::new("web_svc").value("port", "8080").reference(
-            "peer_ip",
-            "I1",
-            "ipaddress",
-        ));
+    let (i1, i2) = (scenario::i1(), scenario::i2());
     let (ca, cb) = (a.client(), b.client());
     println!(
         "Conductor  POST /configs/1/I1 at A -> {}",

@@ -61,21 +61,16 @@ pub async fn run(
         (Some(c), Some(k)) => Some(tls::server_acceptor(c, k)?),
         _ => None,
     };
+    let upstream = proxy::upstream::parse_upstream(&config.proxy.upstream).map_err(|reason| {
+        config::ConfigError::Invalid {
+            key: "proxy.upstream",
+            reason,
+        }
+    })?;
     let wake = Arc::new(tokio::sync::Notify::new());
-    let proxy =
-        proxy::Proxy::new(&config.proxy, store.clone(), wake.clone()).map_err(|reason| {
-            config::ConfigError::Invalid {
-                key: "proxy.upstream",
-                reason,
-            }
-        })?;
+    let proxy = proxy::Proxy::new(&config.proxy, upstream.clone(), store.clone(), wake.clone());
     let admin = Arc::new(admin::Admin {
-        upstream: proxy::upstream::parse_upstream(&config.proxy.upstream).map_err(|reason| {
-            config::ConfigError::Invalid {
-                key: "proxy.upstream",
-                reason,
-            }
-        })?,
+        upstream: upstream.clone(),
         store: store.clone(),
         metrics,
     });
@@ -85,7 +80,7 @@ pub async fn run(
         None => tracing::warn!(
             "no [amqp] section: running as a capturing proxy only; the outbox keeps every change until federation is enabled"
         ),
-        Some(amqp) => start_federation(&config, amqp, &store, &wake, &tasks, &shutdown)?,
+        Some(amqp) => start_federation(&config, amqp, &upstream, &store, &wake, &tasks, &shutdown)?,
     }
     if let Some(dir) = config.proxy.upstream_storage_dir.clone() {
         let every = std::time::Duration::from_secs(30);
@@ -130,6 +125,7 @@ pub async fn run(
 fn start_federation(
     config: &Config,
     amqp: &config::AmqpConfig,
+    upstream: &http::uri::Authority,
     store: &store::Store,
     wake: &Arc<tokio::sync::Notify>,
     tasks: &TaskTracker,
@@ -151,15 +147,9 @@ fn start_federation(
         key,
         secret: secret.trim_end_matches(['\r', '\n']).to_string(),
     };
-    let upstream = proxy::upstream::parse_upstream(&config.proxy.upstream).map_err(|reason| {
-        config::ConfigError::Invalid {
-            key: "proxy.upstream",
-            reason,
-        }
-    })?;
     let replayer = Arc::new(replay::Replayer::new(
         &config.site,
-        upstream,
+        upstream.clone(),
         conductor,
         store.clone(),
         &config.replay,

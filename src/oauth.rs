@@ -12,7 +12,6 @@
 //! signatures compared after lenient Base64 decoding. That needs full control of the base
 //! string, so both directions are built here on `hmac`, `sha1`, `percent-encoding` and `base64`.
 use std::collections::BTreeMap;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
@@ -75,16 +74,13 @@ pub fn authorization_header(
     consumer_key: &str,
     consumer_secret: &str,
 ) -> String {
-    let params = sign(
+    header_from_params(&fresh_params(
         method,
         url,
         form,
         consumer_key,
         consumer_secret,
-        &fresh_nonce(),
-        now(),
-    );
-    header_from_params(&params)
+    ))
 }
 
 /// The `oauth_*` parameters (signature included) for a request, with caller-chosen nonce and
@@ -353,10 +349,7 @@ fn fresh_nonce() -> String {
 }
 
 fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    crate::change::now_ms() / 1000
 }
 
 #[cfg(test)]

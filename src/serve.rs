@@ -10,7 +10,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -125,9 +124,4 @@ where
             1
         }
     }
-}
-
-/// A full, small response body.
-pub fn full(body: impl Into<Bytes>) -> ProxyBody {
-    crate::body::full(body)
 }

@@ -6,29 +6,9 @@ mod support;
 
 use audrey_federation::change::Event;
 use audrey_federation::store::Store;
-use bytes::Bytes;
-use http_body_util::BodyExt;
+use support::client::exchange as send;
 use support::sidecar::{config, Sidecar};
 use support::upstream;
-
-async fn send(
-    addr: std::net::SocketAddr,
-    req: http::Request<String>,
-) -> (http::StatusCode, http::HeaderMap, Bytes) {
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
-    let resp = sender.send_request(req).await.unwrap();
-    let (parts, body) = resp.into_parts();
-    (
-        parts.status,
-        parts.headers,
-        body.collect().await.unwrap().to_bytes(),
-    )
-}
 
 fn form(method: &str, path: &str, body: &str, status: u16) -> http::Request<String> {
     http::Request::builder()

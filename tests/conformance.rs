@@ -9,6 +9,7 @@ use support::client::{
     audrey_data, Client, Creds, InstanceXml, Placement, Response, ServiceXml, Signed,
 };
 use support::emulator::Emulator;
+use support::scenario::{self, i1, own};
 use support::sidecar::{config, Sidecar};
 
 const HOST: &str = "configserver.example";
@@ -17,25 +18,9 @@ fn conductor() -> Creds {
     Creds::new("conductor", "c0nduct0r")
 }
 
-fn i1() -> InstanceXml {
-    InstanceXml::new("I1", "D1", "s3cret1")
-        .provides("ipaddress")
-        .service(ServiceXml::new("db_svc").value("port", "3306").reference(
-            "peer_ip",
-            "I2",
-            "ipaddress",
-        ))
-}
-
+/// I2 of the scenario, also providing `hostname` (so one report leaves something missing).
 fn i2() -> InstanceXml {
-    InstanceXml::new("I2", "D1", "s3cret2")
-        .provides("ipaddress")
-        .provides("hostname")
-        .service(ServiceXml::new("web_svc").value("port", "8080").reference(
-            "peer_ip",
-            "I1",
-            "ipaddress",
-        ))
+    scenario::i2().provides("hostname")
 }
 
 fn i3_dangling() -> InstanceXml {
@@ -44,10 +29,6 @@ fn i3_dangling() -> InstanceXml {
         "I9",
         "ipaddress",
     ))
-}
-
-fn own(x: &InstanceXml) -> Creds {
-    Creds::new(&x.uuid, &x.secret)
 }
 
 /// The scripted session; returns every step's label and answer.

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use support::client::{audrey_data, Client, Creds, InstanceXml, Placement, ServiceXml, Signed};
 use support::emulator::{Emulator, EmulatorOptions};
+use support::scenario::{i1, i2, own};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 const HTML: &str = "text/html;charset=utf-8";
@@ -21,27 +22,6 @@ fn start() -> (Emulator, Client) {
     (emu, client)
 }
 
-/// I1 (db) and I2 (web) reference each other's `ipaddress`, as in a split deployment.
-fn i1() -> InstanceXml {
-    InstanceXml::new("I1", "D1", "s3cret1")
-        .provides("ipaddress")
-        .service(ServiceXml::new("db_svc").value("port", "3306").reference(
-            "peer_ip",
-            "I2",
-            "ipaddress",
-        ))
-}
-
-fn i2() -> InstanceXml {
-    InstanceXml::new("I2", "D1", "s3cret2")
-        .provides("ipaddress")
-        .service(ServiceXml::new("web_svc").value("port", "8080").reference(
-            "peer_ip",
-            "I1",
-            "ipaddress",
-        ))
-}
-
 async fn register(c: &Client, x: &InstanceXml) {
     let r = c
         .register(&conductor(), 1, &x.uuid, &x.to_xml())
@@ -54,10 +34,6 @@ async fn register(c: &Client, x: &InstanceXml) {
         x.uuid
     );
     assert_eq!(r.header("content-type").as_deref(), Some(HTML));
-}
-
-fn own(x: &InstanceXml) -> Creds {
-    Creds::new(&x.uuid, &x.secret)
 }
 
 #[tokio::test]

@@ -5,7 +5,8 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::client::{audrey_data, Client, Creds, InstanceXml, Placement, Response, ServiceXml};
+use support::client::{audrey_data, Client, Creds, Placement, Response};
+use support::scenario;
 use support::site::Site;
 
 /// Polls `f` until it gives an answer `done` accepts, for at most `limit`.
@@ -43,20 +44,7 @@ async fn i1_at_a_and_i2_at_b_resolve_each_other() {
     let a = Site::start("site-a", &url, &shared.certs, &dir.path().join("a"));
     let b = Site::start("site-b", &url, &shared.certs, &dir.path().join("b"));
 
-    let i1 = InstanceXml::new("I1", "D1", "s3cret1")
-        .provides("ipaddress")
-        .service(ServiceXml::new("db_svc").value("port", "3306").reference(
-            "peer_ip",
-            "I2",
-            "ipaddress",
-        ));
-    let i2 = InstanceXml::new("I2", "D1", "s3cret2")
-        .provides("ipaddress")
-        .service(ServiceXml::new("web_svc").value("port", "8080").reference(
-            "peer_ip",
-            "I1",
-            "ipaddress",
-        ));
+    let (i1, i2) = (scenario::i1(), scenario::i2());
     let (ca, cb) = (a.client(), b.client());
     assert_eq!(
         ca.register(&Site::conductor(), 1, "I1", &i1.to_xml())

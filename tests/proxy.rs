@@ -7,28 +7,9 @@ use std::process::Command;
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
+use support::client::exchange as send;
 use support::sidecar::{config, Sidecar};
 use support::upstream;
-
-/// One HTTP/1.1 request over a fresh connection; returns status, headers and body.
-async fn send(
-    addr: std::net::SocketAddr,
-    req: http::Request<http_body_util::combinators::BoxBody<Bytes, std::io::Error>>,
-) -> (http::StatusCode, http::HeaderMap, Bytes) {
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
-    let resp = sender.send_request(req).await.unwrap();
-    let (parts, body) = resp.into_parts();
-    (
-        parts.status,
-        parts.headers,
-        body.collect().await.unwrap().to_bytes(),
-    )
-}
 
 fn empty() -> http_body_util::combinators::BoxBody<Bytes, std::io::Error> {
     http_body_util::Empty::new()

@@ -157,25 +157,7 @@ fn wire_value(v: &SimpleValue) -> WireValue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::change::{Change, Event};
-
-    fn change() -> Change {
-        Change {
-            origin_site: "site-a".into(),
-            origin_seq: 42,
-            instance_seq: 3,
-            api_version: 2,
-            instance: Some("I1".into()),
-            deployment: Some("D1".into()),
-            client_addr: Some("10.0.0.5".into()),
-            captured_at_ms: 1_700_000_000_000,
-            event: Event::Params {
-                audrey_data: "|ipaddress&MTAuMC4wLjU=|".into(),
-                values: vec![("ipaddress".into(), "10.0.0.5".into())],
-                return_codes: false,
-            },
-        }
-    }
+    use crate::wire::tests::params_change as change;
 
     /// Serialises as a sender would and reads back as a receiver would.
     fn over_the_wire(m: Message<Data>) -> Message<Body<Value>> {

@@ -1,4 +1,5 @@
-//! The AMQP 1.0 boundary: connecting to the broker over mutual TLS, and reconnect pacing.
+//! The AMQP 1.0 boundary: connecting to the broker over mutual TLS, reconnect pacing, the
+//! message codec, the publisher (outbox → broker) and the subscriber (broker → handler).
 //!
 //! Architecture invariant: **only `src/amqp` imports fe2o3-amqp** (and `serde_amqp`); the rest of
 //! the crate sees plain Rust types and [`AmqpError`]. Broker addresses are configuration, never
@@ -8,6 +9,7 @@ pub mod backoff;
 pub mod codec;
 pub mod connection;
 pub mod error;
+mod link;
 pub mod publisher;
 mod sasl;
 pub mod subscriber;

@@ -19,7 +19,8 @@ use fe2o3_amqp::{Sender, Session};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::{codec, connect, AmqpError, Backoff};
+use super::link::{step, Reconnect, STEP_TIMEOUT};
+use super::{codec, connect, AmqpError};
 use crate::change::Change;
 use crate::config::AmqpConfig;
 use crate::metrics;
@@ -33,10 +34,6 @@ pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
 const BATCH: usize = 256;
 /// Unsettled sends in flight at once.
 const WINDOW: usize = 64;
-/// Bound on session begin, link attach and each detach step.
-const STEP_TIMEOUT: Duration = Duration::from_secs(10);
-/// A link that stayed up this long resets the reconnect backoff.
-const STABLE_AFTER: Duration = Duration::from_secs(10);
 
 /// Why one publishing attempt ended (the publisher then backs off and reconnects).
 #[derive(Debug, thiserror::Error)]
@@ -71,33 +68,12 @@ pub async fn run_publisher(
         shutdown,
         held_logged: HashSet::new(),
     };
-    let mut backoff = Backoff::new(publisher.cfg.reconnect_initial, publisher.cfg.reconnect_max);
-    metrics::broker_link_up(metrics::LINK_PUBLISH, false);
-    let mut attempt: u64 = 0;
+    let mut reconnect = Reconnect::new(metrics::LINK_PUBLISH, "publishing", &publisher.cfg);
     while !publisher.shutdown.is_cancelled() {
-        attempt += 1;
         let mut up_since = None;
         let result = publisher.connected(&mut up_since).await;
-        metrics::broker_link_up(metrics::LINK_PUBLISH, false);
-        if publisher.shutdown.is_cancelled() {
+        if !reconnect.after(result, up_since, &publisher.shutdown).await {
             break;
-        }
-        if up_since.is_some_and(|t: Instant| t.elapsed() >= STABLE_AFTER) {
-            backoff.reset();
-        }
-        let delay = backoff.next_delay();
-        metrics::broker_connect_failure(metrics::LINK_PUBLISH);
-        match result {
-            Ok(()) => {
-                tracing::warn!(attempt, retry_in = ?delay, "publish link ended; reconnecting")
-            }
-            Err(e) => {
-                tracing::warn!(attempt, retry_in = ?delay, error = %e, "publishing to the broker failed")
-            }
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = publisher.shutdown.cancelled() => break,
         }
     }
     tracing::info!("publisher stopped");
@@ -287,17 +263,6 @@ impl Publisher {
                 "change held in the outbox: its deployment is not known yet"
             );
         }
-    }
-}
-
-/// Runs one protocol step with [`STEP_TIMEOUT`], its error as text.
-pub(crate) async fn step<T, E: std::fmt::Display>(
-    fut: impl std::future::Future<Output = Result<T, E>>,
-) -> Result<T, String> {
-    match tokio::time::timeout(STEP_TIMEOUT, fut).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!("no answer from the broker within {STEP_TIMEOUT:?}")),
     }
 }
 

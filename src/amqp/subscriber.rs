@@ -20,7 +20,7 @@ use fe2o3_amqp::types::primitives::Value;
 use fe2o3_amqp::{Receiver, Session};
 use tokio_util::sync::CancellationToken;
 
-use super::publisher::step;
+use super::link::{step, Reconnect};
 use super::{codec, connect, AmqpError, Backoff};
 use crate::change::Change;
 use crate::config::{AmqpConfig, SubscribeMode};
@@ -33,7 +33,6 @@ pub const CREDIT: u32 = 16;
 /// First and largest pause between two attempts of a failing handler.
 pub const HANDLER_RETRY_INITIAL: Duration = Duration::from_millis(100);
 pub const HANDLER_RETRY_MAX: Duration = Duration::from_secs(10);
-const STABLE_AFTER: Duration = Duration::from_secs(10);
 
 /// What the subscriber hands each valid inbound change to (the replay engine).
 ///
@@ -100,33 +99,12 @@ pub async fn run_subscriber<H: ChangeHandler>(
         handler,
         shutdown,
     };
-    let mut backoff = Backoff::new(sub.cfg.reconnect_initial, sub.cfg.reconnect_max);
-    metrics::broker_link_up(metrics::LINK_SUBSCRIBE, false);
-    let mut attempt: u64 = 0;
+    let mut reconnect = Reconnect::new(metrics::LINK_SUBSCRIBE, "subscribing", &sub.cfg);
     while !sub.shutdown.is_cancelled() {
-        attempt += 1;
         let mut up_since = None;
         let result = sub.connected(&mut up_since).await;
-        metrics::broker_link_up(metrics::LINK_SUBSCRIBE, false);
-        if sub.shutdown.is_cancelled() {
+        if !reconnect.after(result, up_since, &sub.shutdown).await {
             break;
-        }
-        if up_since.is_some_and(|t: Instant| t.elapsed() >= STABLE_AFTER) {
-            backoff.reset();
-        }
-        let delay = backoff.next_delay();
-        metrics::broker_connect_failure(metrics::LINK_SUBSCRIBE);
-        match result {
-            Ok(()) => {
-                tracing::warn!(attempt, retry_in = ?delay, "subscribe link ended; reconnecting")
-            }
-            Err(e) => {
-                tracing::warn!(attempt, retry_in = ?delay, error = %e, "subscribing to the broker failed")
-            }
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = sub.shutdown.cancelled() => break,
         }
     }
     tracing::info!("subscriber stopped");

@@ -42,9 +42,14 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    pub fn new(cfg: &ProxyConfig, store: Store, wake: Arc<Notify>) -> Result<Arc<Proxy>, String> {
-        let upstream = upstream::parse_upstream(&cfg.upstream)?;
-        Ok(Arc::new(Proxy {
+    /// `upstream` is `cfg.upstream` already parsed (see [`upstream::parse_upstream`]).
+    pub fn new(
+        cfg: &ProxyConfig,
+        upstream: http::uri::Authority,
+        store: Store,
+        wake: Arc<Notify>,
+    ) -> Arc<Proxy> {
+        Arc::new(Proxy {
             client: upstream::client(cfg.upstream_idle_timeout),
             upstream_url: format!("http://{upstream}"),
             upstream,
@@ -53,7 +58,7 @@ impl Proxy {
             trusted: TrustedProxies::new(&cfg.trusted_proxies),
             store,
             wake,
-        }))
+        })
     }
 
     /// Forwards one request; never fails (errors become 4xx/5xx answers).

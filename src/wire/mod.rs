@@ -375,4 +375,4 @@ fn shorten(s: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -6,7 +6,8 @@ use serde_json::json;
 use super::*;
 use crate::change::Event;
 
-fn params_change() -> Change {
+/// A params change with every field set; also used by the AMQP codec tests.
+pub(crate) fn params_change() -> Change {
     Change {
         origin_site: "site-a".into(),
         origin_seq: 42,

@@ -180,10 +180,6 @@ impl Client {
         headers: &[(&str, &str)],
         body: Bytes,
     ) -> anyhow::Result<Response> {
-        let stream = tokio::net::TcpStream::connect(self.target).await?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(conn);
         let mut req = hyper::Request::builder()
             .method(method)
             .uri(path_and_query)
@@ -194,12 +190,10 @@ impl Client {
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
-        let resp = sender.send_request(req.body(Full::new(body))?).await?;
-        let (parts, body) = resp.into_parts();
-        let body = body.collect().await?.to_bytes();
+        let (status, headers, body) = try_exchange(self.target, req.body(Full::new(body))?).await?;
         Ok(Response {
-            status: parts.status.as_u16(),
-            headers: parts.headers,
+            status: status.as_u16(),
+            headers,
             body,
         })
     }
@@ -316,6 +310,41 @@ impl Client {
         )
         .await
     }
+}
+
+/// One request exactly as given (any body, streamed; headers untouched, `Host` included)
+/// over a fresh HTTP/1.1 connection to `addr`; returns status, headers and the whole body.
+pub async fn try_exchange<B>(
+    addr: SocketAddr,
+    req: http::Request<B>,
+) -> anyhow::Result<(http::StatusCode, http::HeaderMap, Bytes)>
+where
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let (parts, body) = sender.send_request(req).await?.into_parts();
+    Ok((
+        parts.status,
+        parts.headers,
+        body.collect().await?.to_bytes(),
+    ))
+}
+
+/// [`try_exchange`] for tests: panics on a transport error.
+pub async fn exchange<B>(
+    addr: SocketAddr,
+    req: http::Request<B>,
+) -> (http::StatusCode, http::HeaderMap, Bytes)
+where
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    try_exchange(addr, req).await.expect("HTTP exchange")
 }
 
 /// `k=v&…` with RFC 3986 encoding.

@@ -8,6 +8,7 @@ pub mod certs;
 pub mod client;
 pub mod emulator;
 pub mod relay;
+pub mod scenario;
 pub mod sidecar;
 pub mod site;
 pub mod upstream;
