@@ -1,129 +1,333 @@
-//! Two sites over a real RabbitMQ with mutual TLS: the I1/I2 scenario of the federation
-//! issue, end to end through real sidecar processes.
+//! Federation end to end through real processes: sidecars in front of emulated Config
+//! Servers, over a real RabbitMQ with mutual TLS. Each test starts its own broker (so
+//! stopping it or its queues' leftovers touch no other test) and the tests take turns.
 
 mod support;
 
 use std::time::{Duration, Instant};
 
-use support::client::{audrey_data, Client, Creds, Placement, Response};
-use support::scenario;
-use support::site::Site;
+use support::broker::{Broker, BrokerOptions};
+use support::certs::CertPaths;
+use support::client::{audrey_data, Client, Creds, InstanceXml, Placement, Response, ServiceXml};
+use support::relay::Relay;
+use support::scenario::{self, own};
+use support::site::{self, Site};
 
-/// Polls `f` until it gives an answer `done` accepts, for at most `limit`.
-async fn eventually<F, Fut>(
-    limit: Duration,
-    what: &str,
-    mut f: F,
-    done: impl Fn(&Response) -> bool,
-) -> Response
+/// One federation test at a time: each runs a broker and several processes.
+static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+fn broker(sites: &[&str]) -> (Broker, CertPaths) {
+    let certs = support::certs::generate(sites);
+    let broker = Broker::start(BrokerOptions { sites, certs: &certs });
+    (broker, certs)
+}
+
+/// Polls `f` until `done` accepts its answer, for at most [`LIMIT`].
+async fn eventually<F, Fut>(what: &str, mut f: F, done: impl Fn(&Response) -> bool) -> Response
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<Response>>,
 {
-    let deadline = Instant::now() + limit;
+    let deadline = Instant::now() + LIMIT;
     loop {
         let r = f().await.expect(what);
         if done(&r) {
             return r;
         }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: still {} {:?} after {limit:?}",
-            r.status,
-            r.text()
-        );
+        assert!(Instant::now() < deadline, "{what}: still {} {:?} after {LIMIT:?}", r.status, r.text());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
+/// Waits until `site`'s metric (summed over series with `labels`) reaches `at_least`.
+async fn metric_reaches(site: &Site, metric: &str, labels: &[&str], at_least: f64) {
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        let v = site.metric(metric, labels).await;
+        if v >= at_least {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{}: {metric}{labels:?} = {v} < {at_least} after {LIMIT:?}", site.name);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn b64(s: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+/// A guest report that must be acknowledged with 200 or 202.
+async fn report(c: &Client, x: &InstanceXml, value: &str) {
+    let r = c.put_params(2, &x.uuid, &x.secret, &audrey_data(&[("ipaddress", value)]), Placement::Header).await;
+    let r = r.unwrap_or_else(|e| panic!("{} reports {value}: {e}", x.uuid));
+    assert!(r.status == 200 || r.status == 202, "{} reports {value}: {r:?}", x.uuid);
+}
+
+async fn register(c: &Client, x: &InstanceXml) {
+    let r = c.register(&Site::conductor(), 1, &x.uuid, &x.to_xml()).await.unwrap();
+    assert_eq!(r.status, 200, "register {}: {r:?}", x.uuid);
+}
+
+/// Waits until `consumer`'s configuration at `site` resolves its peer to `value`.
+async fn sees(site: &Site, consumer: &InstanceXml, value: &str) {
+    let c = site.client();
+    let creds = own(consumer);
+    let want = format!("peer_ip&{}|", b64(value));
+    eventually(
+        &format!("{} at {} sees {value}", consumer.uuid, site.name),
+        || c.get_configs(2, &consumer.uuid, None, &creds),
+        |r| r.status == 200 && r.text().contains(&want),
+    )
+    .await;
+}
+
+/// Every change `origin` captured (`captured`, numbered 1..=captured) was applied at `site`
+/// exactly once, and `origin` applied none of its own.
+async fn applied_exactly_once(origin: &mut Site, sites: &mut [&mut Site], captured: u64) {
+    for s in sites.iter_mut() {
+        let state = s.stop_and_read_origins(&[&origin.name]).await.remove(0).expect("changes applied");
+        assert_eq!(state.max_origin_seq, captured, "{}: last change from {}", s.name, origin.name);
+        assert_eq!(state.applied, captured, "{}: changes from {} applied (lost or doubled)", s.name, origin.name);
+    }
+    let name = origin.name.clone();
+    let own = origin.stop_and_read_origins(&[&name]).await.remove(0);
+    assert!(own.is_none(), "{} applied its own changes: {own:?}", origin.name);
+}
+
 #[tokio::test]
 async fn i1_at_a_and_i2_at_b_resolve_each_other() {
-    let shared = support::broker::shared();
-    let url = shared.read().await.amqps_url();
+    let _turn = TURN.lock().await;
+    let (broker, certs) = broker(&["site-a", "site-b"]);
     let dir = tempfile::tempdir().unwrap();
-    let a = Site::start("site-a", &url, &shared.certs, &dir.path().join("a"));
-    let b = Site::start("site-b", &url, &shared.certs, &dir.path().join("b"));
+    let a = Site::start("site-a", &broker.amqps_url(), &certs, &dir.path().join("a"));
+    let b = Site::start("site-b", &broker.amqps_url(), &certs, &dir.path().join("b"));
 
     let (i1, i2) = (scenario::i1(), scenario::i2());
     let (ca, cb) = (a.client(), b.client());
-    assert_eq!(
-        ca.register(&Site::conductor(), 1, "I1", &i1.to_xml())
-            .await
-            .unwrap()
-            .status,
-        200
-    );
-    assert_eq!(
-        cb.register(&Site::conductor(), 1, "I2", &i2.to_xml())
-            .await
-            .unwrap()
-            .status,
-        200
-    );
+    register(&ca, &i1).await;
+    register(&cb, &i2).await;
     // Each guest reports through its own sidecar, from its own (public) address.
     let r = ca
         .clone()
         .with_header("X-Forwarded-For", "198.51.100.11")
-        .put_params(
-            2,
-            "I1",
-            &i1.secret,
-            &audrey_data(&[("ipaddress", "10.0.0.5")]),
-            Placement::Header,
-        )
+        .put_params(2, "I1", &i1.secret, &audrey_data(&[("ipaddress", "10.0.0.5")]), Placement::Header)
         .await
         .unwrap();
     assert!(r.status == 200 || r.status == 202, "{r:?}");
     let r = cb
         .clone()
         .with_header("X-Forwarded-For", "203.0.113.22")
-        .put_params(
-            2,
-            "I2",
-            &i2.secret,
-            &audrey_data(&[("ipaddress", "10.1.0.7")]),
-            Placement::Body,
-        )
+        .put_params(2, "I2", &i2.secret, &audrey_data(&[("ipaddress", "10.1.0.7")]), Placement::Body)
         .await
         .unwrap();
     assert!(r.status == 200 || r.status == 202, "{r:?}");
 
-    let limit = Duration::from_secs(30);
     let creds2 = Creds::new("I2", &i2.secret);
-    let r = eventually(
-        limit,
-        "GET /configs/2/I2 at B",
-        || cb.get_configs(2, "I2", None, &creds2),
-        |r| r.status == 200,
-    )
-    .await;
-    assert!(
-        r.text().contains("peer_ip&MTAuMC4wLjU="),
-        "I1's 10.0.0.5 at B: {}",
-        r.text()
-    );
+    let r = eventually("GET /configs/2/I2 at B", || cb.get_configs(2, "I2", None, &creds2), |r| r.status == 200).await;
+    assert!(r.text().contains("peer_ip&MTAuMC4wLjU="), "I1's 10.0.0.5 at B: {}", r.text());
     let creds1 = Creds::new("I1", &i1.secret);
-    let r = eventually(
-        limit,
-        "GET /configs/2/I1 at A",
-        || ca.get_configs(2, "I1", None, &creds1),
-        |r| r.status == 200,
-    )
-    .await;
-    assert!(
-        r.text().contains("peer_ip&MTAuMS4wLjc="),
-        "I2's 10.1.0.7 at A: {}",
-        r.text()
-    );
+    let r = eventually("GET /configs/2/I1 at A", || ca.get_configs(2, "I1", None, &creds1), |r| r.status == 200).await;
+    assert!(r.text().contains("peer_ip&MTAuMS4wLjc="), "I2's 10.1.0.7 at A: {}", r.text());
 
     // Each server recorded the remote guest's own address, not the sidecar's.
     let server_b: Client = b.server();
-    assert_eq!(
-        server_b.get_ip(2, "I1").await.unwrap().text(),
-        "198.51.100.11"
-    );
-    assert_eq!(
-        a.server().get_ip(2, "I2").await.unwrap().text(),
-        "203.0.113.22"
-    );
+    assert_eq!(server_b.get_ip(2, "I1").await.unwrap().text(), "198.51.100.11");
+    assert_eq!(a.server().get_ip(2, "I2").await.unwrap().text(), "203.0.113.22");
+}
+
+#[tokio::test]
+async fn three_sites_many_deployments_converge() {
+    const DEPLOYMENTS: usize = 12;
+    const REPORTS: usize = 5;
+    let _turn = TURN.lock().await;
+    let names = ["site-a", "site-b", "site-c"];
+    let (broker, certs) = broker(&names);
+    let dir = tempfile::tempdir().unwrap();
+    let mut sites: Vec<Site> =
+        names.iter().map(|n| Site::start(n, &broker.amqps_url(), &certs, &dir.path().join(n))).collect();
+
+    // Deployment k: a provider at site k % 3, and at every site a consumer referencing it.
+    let mut captured = [0u64; 3];
+    let mut plan = Vec::new();
+    for k in 0..DEPLOYMENTS {
+        let home = k % 3;
+        let provider = InstanceXml::new(&format!("P{k}"), &format!("D{k}"), &format!("sp{k}")).provides("ipaddress");
+        register(&sites[home].client(), &provider).await;
+        captured[home] += 1;
+        let mut consumers = Vec::new();
+        for (s, site) in sites.iter().enumerate() {
+            let c = InstanceXml::new(&format!("C{k}-{s}"), &format!("D{k}"), &format!("sc{k}{s}"))
+                .service(ServiceXml::new("svc").reference("peer_ip", &provider.uuid, "ipaddress"));
+            register(&site.client(), &c).await;
+            captured[s] += 1;
+            consumers.push(c);
+        }
+        plan.push((home, provider, consumers));
+    }
+    // A stream of reports, interleaved across deployments and sites.
+    for round in 1..=REPORTS {
+        for (k, (home, provider, _)) in plan.iter().enumerate() {
+            report(&sites[*home].client(), provider, &format!("10.{k}.0.{round}")).await;
+            captured[*home] += 1;
+        }
+    }
+    for (k, (_, _, consumers)) in plan.iter().enumerate() {
+        for (s, consumer) in consumers.iter().enumerate() {
+            sees(&sites[s], consumer, &format!("10.{k}.0.{REPORTS}")).await;
+        }
+    }
+    // Exactly once, no echo: every site's durable replay state, per origin.
+    let mut states = Vec::new();
+    for s in sites.iter_mut() {
+        states.push(s.stop_and_read_origins(&names).await);
+    }
+    for (s, per_origin) in states.iter().enumerate() {
+        for (o, state) in per_origin.iter().enumerate() {
+            if s == o {
+                assert!(state.is_none(), "{} applied its own changes: {state:?}", names[s]);
+            } else {
+                let state = state.as_ref().unwrap_or_else(|| panic!("{} applied nothing from {}", names[s], names[o]));
+                assert_eq!(
+                    (state.applied, state.max_origin_seq),
+                    (captured[o], captured[o]),
+                    "{}: changes from {} applied (lost or doubled)",
+                    names[s],
+                    names[o]
+                );
+            }
+        }
+    }
+}
+
+/// I1 registered at A and reporting values 1..=n; I2 at B referencing it.
+async fn stream_setup(a: &Site, b: &Site) -> (InstanceXml, InstanceXml) {
+    let (i1, i2) = (scenario::i1(), scenario::i2());
+    register(&a.client(), &i1).await;
+    register(&b.client(), &i2).await;
+    (i1, i2)
+}
+
+#[tokio::test]
+async fn broker_stopped_while_guests_report_loses_nothing() {
+    let _turn = TURN.lock().await;
+    let (mut broker, certs) = broker(&["site-a", "site-b"]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Site::start("site-a", &broker.amqps_url(), &certs, &dir.path().join("a"));
+    let mut b = Site::start("site-b", &broker.amqps_url(), &certs, &dir.path().join("b"));
+    let (i1, i2) = stream_setup(&a, &b).await;
+    for v in 1..=10 {
+        report(&a.client(), &i1, &format!("10.0.0.{v}")).await;
+    }
+    sees(&b, &i2, "10.0.0.10").await;
+
+    broker.stop();
+    // Guests keep reporting: the proxy keeps answering and the outbox keeps everything.
+    for v in 11..=30 {
+        report(&a.client(), &i1, &format!("10.0.0.{v}")).await;
+    }
+    assert!(a.metric("audrey_federation_broker_link_up", &["link=\"publish\""]).await == 0.0);
+    broker.start_again();
+    sees(&b, &i2, "10.0.0.30").await;
+    // A captured I1's registration and 30 reports.
+    applied_exactly_once(&mut a, &mut [&mut b], 31).await;
+}
+
+#[tokio::test]
+async fn sidecars_killed_mid_stream_lose_nothing_and_keep_order() {
+    let _turn = TURN.lock().await;
+    let (broker, certs) = broker(&["site-a", "site-b"]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Site::start("site-a", &broker.amqps_url(), &certs, &dir.path().join("a"));
+    let mut b = Site::start("site-b", &broker.amqps_url(), &certs, &dir.path().join("b"));
+    let (i1, i2) = stream_setup(&a, &b).await;
+    for v in 1..=40 {
+        report(&a.client(), &i1, &format!("10.0.0.{v}")).await;
+        if v == 15 {
+            // The origin dies with changes still in its outbox or in flight.
+            a.kill_and_restart_sidecar();
+        }
+        if v == 25 {
+            // The replaying site dies once it applied some, with more queued for it.
+            metric_reaches(&b, "audrey_federation_applied_total", &["kind=\"params\""], 1.0).await;
+            b.kill_and_restart_sidecar();
+        }
+    }
+    // In order: the last value wins at B, never an earlier one left behind.
+    sees(&b, &i2, "10.0.0.40").await;
+    applied_exactly_once(&mut a, &mut [&mut b], 41).await;
+}
+
+#[tokio::test]
+async fn local_server_down_at_b_then_applied_once_back() {
+    let _turn = TURN.lock().await;
+    let (broker, certs) = broker(&["site-a", "site-b"]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Site::start("site-a", &broker.amqps_url(), &certs, &dir.path().join("a"));
+    let server_b = Site::emulator();
+    let relay = Relay::start(server_b.addr()).await;
+    let amqp = site::mtls(&broker.amqps_url(), &certs, "site-b");
+    let mut b = Site::launch("site-b", &amqp, &dir.path().join("b"), server_b, Some(relay.addr()));
+    let (i1, i2) = stream_setup(&a, &b).await;
+    report(&a.client(), &i1, "10.0.0.1").await;
+    sees(&b, &i2, "10.0.0.1").await;
+
+    relay.down().await;
+    for v in 2..=10 {
+        report(&a.client(), &i1, &format!("10.0.0.{v}")).await;
+    }
+    // B cannot apply while its server is away: it retries, keeping the order.
+    metric_reaches(&b, "audrey_federation_replay_errors_total", &[], 1.0).await;
+    relay.up();
+    sees(&b, &i2, "10.0.0.10").await;
+    applied_exactly_once(&mut a, &mut [&mut b], 11).await;
+}
+
+#[tokio::test]
+async fn refused_identities_are_logged_retried_and_the_proxy_keeps_serving() {
+    let _turn = TURN.lock().await;
+    // site-x has a certificate from the broker's CA but no broker user.
+    let certs = support::certs::generate(&["site-a", "site-x"]);
+    let broker = Broker::start(BrokerOptions { sites: &["site-a"], certs: &certs });
+    let rogue = support::certs::generate(&["site-a"]);
+    let dir = tempfile::tempdir().unwrap();
+    let password = dir.path().join("password");
+    std::fs::write(&password, support::broker::PLAIN_PASSWORD).unwrap();
+    let url = broker.amqps_url();
+    let cases = [
+        (
+            "no client certificate",
+            format!(
+                "url = \"{url}\"\nca = \"{}\"\nsasl = \"plain\"\nusername = \"{}\"\npassword_file = \"{}\"\n",
+                certs.ca.display(),
+                support::broker::PLAIN_USER,
+                password.display()
+            ),
+            "broker requires a client certificate",
+        ),
+        (
+            "certificate from another CA",
+            site::with_identity(&url, &certs.ca, &rogue.site_cert("site-a"), &rogue.site_key("site-a")),
+            "broker does not trust our client certificate",
+        ),
+        ("unknown identity", site::mtls(&url, &certs, "site-x"), "broker refused SASL EXTERNAL"),
+    ];
+    for (i, (case, amqp, expected)) in cases.iter().enumerate() {
+        let name = if case.contains("unknown") { "site-x" } else { "site-a" };
+        let s = Site::launch(name, amqp, &dir.path().join(i.to_string()), Site::emulator(), None);
+        // The refusal is logged with its reason, and retried.
+        let deadline = Instant::now() + LIMIT;
+        while s.sidecar.log().matches(expected).count() < 2 {
+            assert!(Instant::now() < deadline, "{case}: no repeated {expected:?} in the log:\n{}", s.sidecar.log());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(s.metric("audrey_federation_broker_link_up", &[]).await, 0.0, "{case}");
+        // Meanwhile guests are served and their changes kept for later.
+        let x = scenario::i1();
+        register(&s.client(), &x).await;
+        report(&s.client(), &x, "10.0.0.5").await;
+        assert_eq!(s.metric("audrey_federation_captured_total", &[]).await, 2.0, "{case}");
+    }
 }

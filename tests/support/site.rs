@@ -1,11 +1,15 @@
 //! One federated site: an emulated Config Server with a sidecar in front of it, federating
 //! through a real broker over mutual TLS with SASL EXTERNAL (identity = the site's
-//! certificate CN).
+//! certificate CN). Also the calls a test makes on a site: restart or kill its sidecar,
+//! scrape its metrics, read its durable state once it is stopped.
 
-use std::path::Path;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use audrey_federation::store::{OriginState, Store};
 
 use super::certs::CertPaths;
-use super::client::{Client, Creds};
+use super::client::{exchange, Client, Creds};
 use super::emulator::Emulator;
 use super::sidecar::{config, Sidecar};
 
@@ -15,40 +19,56 @@ pub struct Site {
     pub name: String,
     pub emulator: Emulator,
     pub sidecar: Sidecar,
+    pub dir: PathBuf,
+}
+
+/// The `[amqp]` lines of a site using mutual TLS with its own certificate (SASL EXTERNAL).
+pub fn mtls(amqps_url: &str, certs: &CertPaths, site: &str) -> String {
+    with_identity(amqps_url, &certs.ca, &certs.site_cert(site), &certs.site_key(site))
+}
+
+/// The `[amqp]` lines with an explicit CA, client certificate and key.
+pub fn with_identity(amqps_url: &str, ca: &Path, cert: &Path, key: &Path) -> String {
+    format!(
+        "url = \"{amqps_url}\"\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+        ca.display(),
+        cert.display(),
+        key.display()
+    )
 }
 
 impl Site {
     /// Starts site `name` against the broker at `amqps_url`; its state lives in `dir`.
     pub fn start(name: &str, amqps_url: &str, certs: &CertPaths, dir: &Path) -> Site {
-        let emulator = Emulator::start(CONDUCTOR.0, CONDUCTOR.1);
+        Site::launch(name, &mtls(amqps_url, certs, name), dir, Site::emulator(), None)
+    }
+
+    /// A Config Server emulator that knows [`CONDUCTOR`].
+    pub fn emulator() -> Emulator {
+        Emulator::start(CONDUCTOR.0, CONDUCTOR.1)
+    }
+
+    /// Starts a sidecar with the given `[amqp]` lines in front of `emulator`, or of
+    /// `upstream` when something (a relay) stands between them.
+    pub fn launch(
+        name: &str,
+        amqp: &str,
+        dir: &Path,
+        emulator: Emulator,
+        upstream: Option<SocketAddr>,
+    ) -> Site {
         std::fs::create_dir_all(dir).unwrap();
         let secret = dir.join("conductor.secret");
         std::fs::write(&secret, CONDUCTOR.1).unwrap();
         let extra = format!(
-            "[amqp]\nurl = \"{amqps_url}\"\nca = \"{ca}\"\ncert = \"{cert}\"\nkey = \"{key}\"\n\
-             reconnect_initial = 0.1\nreconnect_max = 2\n\
+            "[amqp]\n{amqp}reconnect_initial = 0.1\nreconnect_max = 2\n\
              [oauth]\nconductor_key = \"{ck}\"\nconductor_secret_file = \"{sf}\"\n",
-            ca = certs.ca.display(),
-            cert = certs.site_cert(name).display(),
-            key = certs.site_key(name).display(),
             ck = CONDUCTOR.0,
             sf = secret.display(),
         );
-        let sidecar = Sidecar::start(
-            dir,
-            &config(
-                name,
-                &format!("http://{}", emulator.addr()),
-                dir,
-                "",
-                &extra,
-            ),
-        );
-        Site {
-            name: name.to_string(),
-            emulator,
-            sidecar,
-        }
+        let target = upstream.unwrap_or(emulator.addr());
+        let sidecar = Sidecar::start(dir, &config(name, &format!("http://{target}"), dir, "", &extra));
+        Site { name: name.to_string(), emulator, sidecar, dir: dir.to_owned() }
     }
 
     /// A client aimed at this site's sidecar (what guests and Conductor use).
@@ -64,4 +84,44 @@ impl Site {
     pub fn conductor() -> Creds {
         Creds::new(CONDUCTOR.0, CONDUCTOR.1)
     }
+
+    /// SIGKILLs the sidecar and starts it again on the same config and state (new ports).
+    pub fn kill_and_restart_sidecar(&mut self) {
+        self.sidecar.kill();
+        self.sidecar = Sidecar::start_with(&self.dir, self.sidecar.config_path());
+    }
+
+    /// The sidecar's Prometheus text.
+    pub async fn metrics(&self) -> String {
+        let req = http::Request::get("/metrics").body(String::new()).unwrap();
+        String::from_utf8(exchange(self.sidecar.admin, req).await.2.to_vec()).unwrap()
+    }
+
+    /// Sum of every sample of `metric` whose labels contain all of `labels`.
+    pub async fn metric(&self, metric: &str, labels: &[&str]) -> f64 {
+        sum_metric(&self.metrics().await, metric, labels)
+    }
+
+    /// Stops the sidecar with SIGTERM (it must exit 0) and returns the replay state it kept
+    /// for changes from each of `origins` (`None`: nothing from there was applied here).
+    pub async fn stop_and_read_origins(&mut self, origins: &[&str]) -> Vec<Option<OriginState>> {
+        let status = self.sidecar.terminate();
+        assert!(status.success(), "{}: SIGTERM exit {status:?}\n{}", self.name, self.sidecar.log());
+        let store = Store::open(&self.dir.join("state"), &self.name).unwrap();
+        let states = origins.iter().map(|o| store.origin_state(o).unwrap()).collect();
+        store.close().await.unwrap();
+        states
+    }
+}
+
+/// Sum of the samples of `metric` (exact name, no suffix) whose labels contain `labels`.
+pub fn sum_metric(text: &str, metric: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let name = series.split('{').next()?;
+            (name == metric && labels.iter().all(|x| series.contains(x))).then(|| value.parse::<f64>().ok())?
+        })
+        .sum()
 }
