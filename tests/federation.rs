@@ -20,7 +20,10 @@ const LIMIT: Duration = Duration::from_secs(60);
 
 fn broker(sites: &[&str]) -> (Broker, CertPaths) {
     let certs = support::certs::generate(sites);
-    let broker = Broker::start(BrokerOptions { sites, certs: &certs });
+    let broker = Broker::start(BrokerOptions {
+        sites,
+        certs: &certs,
+    });
     (broker, certs)
 }
 
@@ -36,7 +39,12 @@ where
         if done(&r) {
             return r;
         }
-        assert!(Instant::now() < deadline, "{what}: still {} {:?} after {LIMIT:?}", r.status, r.text());
+        assert!(
+            Instant::now() < deadline,
+            "{what}: still {} {:?} after {LIMIT:?}",
+            r.status,
+            r.text()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -49,7 +57,11 @@ async fn metric_reaches(site: &Site, metric: &str, labels: &[&str], at_least: f6
         if v >= at_least {
             return;
         }
-        assert!(Instant::now() < deadline, "{}: {metric}{labels:?} = {v} < {at_least} after {LIMIT:?}", site.name);
+        assert!(
+            Instant::now() < deadline,
+            "{}: {metric}{labels:?} = {v} < {at_least} after {LIMIT:?}",
+            site.name
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -61,13 +73,28 @@ fn b64(s: &str) -> String {
 
 /// A guest report that must be acknowledged with 200 or 202.
 async fn report(c: &Client, x: &InstanceXml, value: &str) {
-    let r = c.put_params(2, &x.uuid, &x.secret, &audrey_data(&[("ipaddress", value)]), Placement::Header).await;
+    let r = c
+        .put_params(
+            2,
+            &x.uuid,
+            &x.secret,
+            &audrey_data(&[("ipaddress", value)]),
+            Placement::Header,
+        )
+        .await;
     let r = r.unwrap_or_else(|e| panic!("{} reports {value}: {e}", x.uuid));
-    assert!(r.status == 200 || r.status == 202, "{} reports {value}: {r:?}", x.uuid);
+    assert!(
+        r.status == 200 || r.status == 202,
+        "{} reports {value}: {r:?}",
+        x.uuid
+    );
 }
 
 async fn register(c: &Client, x: &InstanceXml) {
-    let r = c.register(&Site::conductor(), 1, &x.uuid, &x.to_xml()).await.unwrap();
+    let r = c
+        .register(&Site::conductor(), 1, &x.uuid, &x.to_xml())
+        .await
+        .unwrap();
     assert_eq!(r.status, 200, "register {}: {r:?}", x.uuid);
 }
 
@@ -88,13 +115,29 @@ async fn sees(site: &Site, consumer: &InstanceXml, value: &str) {
 /// exactly once, and `origin` applied none of its own.
 async fn applied_exactly_once(origin: &mut Site, sites: &mut [&mut Site], captured: u64) {
     for s in sites.iter_mut() {
-        let state = s.stop_and_read_origins(&[&origin.name]).await.remove(0).expect("changes applied");
-        assert_eq!(state.max_origin_seq, captured, "{}: last change from {}", s.name, origin.name);
-        assert_eq!(state.applied, captured, "{}: changes from {} applied (lost or doubled)", s.name, origin.name);
+        let state = s
+            .stop_and_read_origins(&[&origin.name])
+            .await
+            .remove(0)
+            .expect("changes applied");
+        assert_eq!(
+            state.max_origin_seq, captured,
+            "{}: last change from {}",
+            s.name, origin.name
+        );
+        assert_eq!(
+            state.applied, captured,
+            "{}: changes from {} applied (lost or doubled)",
+            s.name, origin.name
+        );
     }
     let name = origin.name.clone();
     let own = origin.stop_and_read_origins(&[&name]).await.remove(0);
-    assert!(own.is_none(), "{} applied its own changes: {own:?}", origin.name);
+    assert!(
+        own.is_none(),
+        "{} applied its own changes: {own:?}",
+        origin.name
+    );
 }
 
 #[tokio::test]
@@ -113,29 +156,65 @@ async fn i1_at_a_and_i2_at_b_resolve_each_other() {
     let r = ca
         .clone()
         .with_header("X-Forwarded-For", "198.51.100.11")
-        .put_params(2, "I1", &i1.secret, &audrey_data(&[("ipaddress", "10.0.0.5")]), Placement::Header)
+        .put_params(
+            2,
+            "I1",
+            &i1.secret,
+            &audrey_data(&[("ipaddress", "10.0.0.5")]),
+            Placement::Header,
+        )
         .await
         .unwrap();
     assert!(r.status == 200 || r.status == 202, "{r:?}");
     let r = cb
         .clone()
         .with_header("X-Forwarded-For", "203.0.113.22")
-        .put_params(2, "I2", &i2.secret, &audrey_data(&[("ipaddress", "10.1.0.7")]), Placement::Body)
+        .put_params(
+            2,
+            "I2",
+            &i2.secret,
+            &audrey_data(&[("ipaddress", "10.1.0.7")]),
+            Placement::Body,
+        )
         .await
         .unwrap();
     assert!(r.status == 200 || r.status == 202, "{r:?}");
 
     let creds2 = Creds::new("I2", &i2.secret);
-    let r = eventually("GET /configs/2/I2 at B", || cb.get_configs(2, "I2", None, &creds2), |r| r.status == 200).await;
-    assert!(r.text().contains("peer_ip&MTAuMC4wLjU="), "I1's 10.0.0.5 at B: {}", r.text());
+    let r = eventually(
+        "GET /configs/2/I2 at B",
+        || cb.get_configs(2, "I2", None, &creds2),
+        |r| r.status == 200,
+    )
+    .await;
+    assert!(
+        r.text().contains("peer_ip&MTAuMC4wLjU="),
+        "I1's 10.0.0.5 at B: {}",
+        r.text()
+    );
     let creds1 = Creds::new("I1", &i1.secret);
-    let r = eventually("GET /configs/2/I1 at A", || ca.get_configs(2, "I1", None, &creds1), |r| r.status == 200).await;
-    assert!(r.text().contains("peer_ip&MTAuMS4wLjc="), "I2's 10.1.0.7 at A: {}", r.text());
+    let r = eventually(
+        "GET /configs/2/I1 at A",
+        || ca.get_configs(2, "I1", None, &creds1),
+        |r| r.status == 200,
+    )
+    .await;
+    assert!(
+        r.text().contains("peer_ip&MTAuMS4wLjc="),
+        "I2's 10.1.0.7 at A: {}",
+        r.text()
+    );
 
     // Each server recorded the remote guest's own address, not the sidecar's.
     let server_b: Client = b.server();
-    assert_eq!(server_b.get_ip(2, "I1").await.unwrap().text(), "198.51.100.11");
-    assert_eq!(a.server().get_ip(2, "I2").await.unwrap().text(), "203.0.113.22");
+    assert_eq!(
+        server_b.get_ip(2, "I1").await.unwrap().text(),
+        "198.51.100.11"
+    );
+    assert_eq!(
+        a.server().get_ip(2, "I2").await.unwrap().text(),
+        "203.0.113.22"
+    );
 }
 
 #[tokio::test]
@@ -146,15 +225,18 @@ async fn three_sites_many_deployments_converge() {
     let names = ["site-a", "site-b", "site-c"];
     let (broker, certs) = broker(&names);
     let dir = tempfile::tempdir().unwrap();
-    let mut sites: Vec<Site> =
-        names.iter().map(|n| Site::start(n, &broker.amqps_url(), &certs, &dir.path().join(n))).collect();
+    let mut sites: Vec<Site> = names
+        .iter()
+        .map(|n| Site::start(n, &broker.amqps_url(), &certs, &dir.path().join(n)))
+        .collect();
 
     // Deployment k: a provider at site k % 3, and at every site a consumer referencing it.
     let mut captured = [0u64; 3];
     let mut plan = Vec::new();
     for k in 0..DEPLOYMENTS {
         let home = k % 3;
-        let provider = InstanceXml::new(&format!("P{k}"), &format!("D{k}"), &format!("sp{k}")).provides("ipaddress");
+        let provider = InstanceXml::new(&format!("P{k}"), &format!("D{k}"), &format!("sp{k}"))
+            .provides("ipaddress");
         register(&sites[home].client(), &provider).await;
         captured[home] += 1;
         let mut consumers = Vec::new();
@@ -170,7 +252,12 @@ async fn three_sites_many_deployments_converge() {
     // A stream of reports, interleaved across deployments and sites.
     for round in 1..=REPORTS {
         for (k, (home, provider, _)) in plan.iter().enumerate() {
-            report(&sites[*home].client(), provider, &format!("10.{k}.0.{round}")).await;
+            report(
+                &sites[*home].client(),
+                provider,
+                &format!("10.{k}.0.{round}"),
+            )
+            .await;
             captured[*home] += 1;
         }
     }
@@ -187,9 +274,15 @@ async fn three_sites_many_deployments_converge() {
     for (s, per_origin) in states.iter().enumerate() {
         for (o, state) in per_origin.iter().enumerate() {
             if s == o {
-                assert!(state.is_none(), "{} applied its own changes: {state:?}", names[s]);
+                assert!(
+                    state.is_none(),
+                    "{} applied its own changes: {state:?}",
+                    names[s]
+                );
             } else {
-                let state = state.as_ref().unwrap_or_else(|| panic!("{} applied nothing from {}", names[s], names[o]));
+                let state = state
+                    .as_ref()
+                    .unwrap_or_else(|| panic!("{} applied nothing from {}", names[s], names[o]));
                 assert_eq!(
                     (state.applied, state.max_origin_seq),
                     (captured[o], captured[o]),
@@ -228,7 +321,11 @@ async fn broker_stopped_while_guests_report_loses_nothing() {
     for v in 11..=30 {
         report(&a.client(), &i1, &format!("10.0.0.{v}")).await;
     }
-    assert!(a.metric("audrey_federation_broker_link_up", &["link=\"publish\""]).await == 0.0);
+    assert!(
+        a.metric("audrey_federation_broker_link_up", &["link=\"publish\""])
+            .await
+            == 0.0
+    );
     broker.start_again();
     sees(&b, &i2, "10.0.0.30").await;
     // A captured I1's registration and 30 reports.
@@ -251,7 +348,13 @@ async fn sidecars_killed_mid_stream_lose_nothing_and_keep_order() {
         }
         if v == 25 {
             // The replaying site dies once it applied some, with more queued for it.
-            metric_reaches(&b, "audrey_federation_applied_total", &["kind=\"params\""], 1.0).await;
+            metric_reaches(
+                &b,
+                "audrey_federation_applied_total",
+                &["kind=\"params\""],
+                1.0,
+            )
+            .await;
             b.kill_and_restart_sidecar();
         }
     }
@@ -269,7 +372,14 @@ async fn local_server_down_at_b_then_applied_once_back() {
     let server_b = Site::emulator();
     let relay = Relay::start(server_b.addr()).await;
     let amqp = site::mtls(&broker.amqps_url(), &certs, "site-b");
-    let mut b = Site::launch("site-b", &amqp, &dir.path().join("b"), server_b, Some(relay.addr()));
+    let mut b = Site::launch(
+        "site-b",
+        &amqp,
+        &dir.path().join("b"),
+        server_b,
+        Some(relay.addr()),
+        "",
+    );
     let (i1, i2) = stream_setup(&a, &b).await;
     report(&a.client(), &i1, "10.0.0.1").await;
     sees(&b, &i2, "10.0.0.1").await;
@@ -290,7 +400,10 @@ async fn refused_identities_are_logged_retried_and_the_proxy_keeps_serving() {
     let _turn = TURN.lock().await;
     // site-x has a certificate from the broker's CA but no broker user.
     let certs = support::certs::generate(&["site-a", "site-x"]);
-    let broker = Broker::start(BrokerOptions { sites: &["site-a"], certs: &certs });
+    let broker = Broker::start(BrokerOptions {
+        sites: &["site-a"],
+        certs: &certs,
+    });
     let rogue = support::certs::generate(&["site-a"]);
     let dir = tempfile::tempdir().unwrap();
     let password = dir.path().join("password");
@@ -315,19 +428,97 @@ async fn refused_identities_are_logged_retried_and_the_proxy_keeps_serving() {
         ("unknown identity", site::mtls(&url, &certs, "site-x"), "broker refused SASL EXTERNAL"),
     ];
     for (i, (case, amqp, expected)) in cases.iter().enumerate() {
-        let name = if case.contains("unknown") { "site-x" } else { "site-a" };
-        let s = Site::launch(name, amqp, &dir.path().join(i.to_string()), Site::emulator(), None);
+        let name = if case.contains("unknown") {
+            "site-x"
+        } else {
+            "site-a"
+        };
+        let s = Site::launch(
+            name,
+            amqp,
+            &dir.path().join(i.to_string()),
+            Site::emulator(),
+            None,
+            "",
+        );
         // The refusal is logged with its reason, and retried.
         let deadline = Instant::now() + LIMIT;
         while s.sidecar.log().matches(expected).count() < 2 {
-            assert!(Instant::now() < deadline, "{case}: no repeated {expected:?} in the log:\n{}", s.sidecar.log());
+            assert!(
+                Instant::now() < deadline,
+                "{case}: no repeated {expected:?} in the log:\n{}",
+                s.sidecar.log()
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        assert_eq!(s.metric("audrey_federation_broker_link_up", &[]).await, 0.0, "{case}");
+        assert_eq!(
+            s.metric("audrey_federation_broker_link_up", &[]).await,
+            0.0,
+            "{case}"
+        );
         // Meanwhile guests are served and their changes kept for later.
         let x = scenario::i1();
         register(&s.client(), &x).await;
         report(&s.client(), &x, "10.0.0.5").await;
-        assert_eq!(s.metric("audrey_federation_captured_total", &[]).await, 2.0, "{case}");
+        assert_eq!(
+            s.metric("audrey_federation_captured_total", &[]).await,
+            2.0,
+            "{case}"
+        );
     }
+}
+
+#[tokio::test]
+async fn an_instance_registered_before_the_sidecar_is_learnt_parked_then_applied() {
+    let _turn = TURN.lock().await;
+    let (broker, certs) = broker(&["site-a", "site-b"]);
+    let dir = tempfile::tempdir().unwrap();
+    // I1 was registered at A's server before audrey-federation was installed there: no
+    // sidecar saw it, only the server's storage (deployables/D1/I1) knows its deployment.
+    let server_a = Site::emulator();
+    let i1 = scenario::i1();
+    register(&Client::new(server_a.addr()), &i1).await;
+    let storage = format!(
+        "upstream_storage_dir = \"{}\"",
+        server_a.storage_dir().display()
+    );
+    let amqp = site::mtls(&broker.amqps_url(), &certs, "site-a");
+    let a = Site::launch(
+        "site-a",
+        &amqp,
+        &dir.path().join("a"),
+        server_a,
+        None,
+        &storage,
+    );
+    let b = Site::start("site-b", &broker.amqps_url(), &certs, &dir.path().join("b"));
+    let i2 = scenario::i2();
+    register(&b.client(), &i2).await;
+
+    // The report is published once A learnt I1's deployment, and reaches B before any
+    // registration of I1 there: B parks it.
+    report(&a.client(), &i1, "10.0.0.5").await;
+    metric_reaches(
+        &b,
+        "audrey_federation_parked_total",
+        &["kind=\"params\""],
+        1.0,
+    )
+    .await;
+    assert_eq!(
+        b.server().get_ip(2, "I1").await.unwrap().status,
+        404,
+        "not applied while parked"
+    );
+
+    // Conductor registers I1 at B too: the parked change is applied.
+    register(&b.client(), &i1).await;
+    sees(&b, &i2, "10.0.0.5").await;
+    metric_reaches(
+        &b,
+        "audrey_federation_applied_total",
+        &["kind=\"params\""],
+        1.0,
+    )
+    .await;
 }

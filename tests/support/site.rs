@@ -24,7 +24,12 @@ pub struct Site {
 
 /// The `[amqp]` lines of a site using mutual TLS with its own certificate (SASL EXTERNAL).
 pub fn mtls(amqps_url: &str, certs: &CertPaths, site: &str) -> String {
-    with_identity(amqps_url, &certs.ca, &certs.site_cert(site), &certs.site_key(site))
+    with_identity(
+        amqps_url,
+        &certs.ca,
+        &certs.site_cert(site),
+        &certs.site_key(site),
+    )
 }
 
 /// The `[amqp]` lines with an explicit CA, client certificate and key.
@@ -40,7 +45,14 @@ pub fn with_identity(amqps_url: &str, ca: &Path, cert: &Path, key: &Path) -> Str
 impl Site {
     /// Starts site `name` against the broker at `amqps_url`; its state lives in `dir`.
     pub fn start(name: &str, amqps_url: &str, certs: &CertPaths, dir: &Path) -> Site {
-        Site::launch(name, &mtls(amqps_url, certs, name), dir, Site::emulator(), None)
+        Site::launch(
+            name,
+            &mtls(amqps_url, certs, name),
+            dir,
+            Site::emulator(),
+            None,
+            "",
+        )
     }
 
     /// A Config Server emulator that knows [`CONDUCTOR`].
@@ -49,13 +61,15 @@ impl Site {
     }
 
     /// Starts a sidecar with the given `[amqp]` lines in front of `emulator`, or of
-    /// `upstream` when something (a relay) stands between them.
+    /// `upstream` when something (a relay) stands between them; `proxy_extra` lines go into
+    /// its `[proxy]` section.
     pub fn launch(
         name: &str,
         amqp: &str,
         dir: &Path,
         emulator: Emulator,
         upstream: Option<SocketAddr>,
+        proxy_extra: &str,
     ) -> Site {
         std::fs::create_dir_all(dir).unwrap();
         let secret = dir.join("conductor.secret");
@@ -67,8 +81,16 @@ impl Site {
             sf = secret.display(),
         );
         let target = upstream.unwrap_or(emulator.addr());
-        let sidecar = Sidecar::start(dir, &config(name, &format!("http://{target}"), dir, "", &extra));
-        Site { name: name.to_string(), emulator, sidecar, dir: dir.to_owned() }
+        let sidecar = Sidecar::start(
+            dir,
+            &config(name, &format!("http://{target}"), dir, proxy_extra, &extra),
+        );
+        Site {
+            name: name.to_string(),
+            emulator,
+            sidecar,
+            dir: dir.to_owned(),
+        }
     }
 
     /// A client aimed at this site's sidecar (what guests and Conductor use).
@@ -106,9 +128,17 @@ impl Site {
     /// for changes from each of `origins` (`None`: nothing from there was applied here).
     pub async fn stop_and_read_origins(&mut self, origins: &[&str]) -> Vec<Option<OriginState>> {
         let status = self.sidecar.terminate();
-        assert!(status.success(), "{}: SIGTERM exit {status:?}\n{}", self.name, self.sidecar.log());
+        assert!(
+            status.success(),
+            "{}: SIGTERM exit {status:?}\n{}",
+            self.name,
+            self.sidecar.log()
+        );
         let store = Store::open(&self.dir.join("state"), &self.name).unwrap();
-        let states = origins.iter().map(|o| store.origin_state(o).unwrap()).collect();
+        let states = origins
+            .iter()
+            .map(|o| store.origin_state(o).unwrap())
+            .collect();
         store.close().await.unwrap();
         states
     }
@@ -121,7 +151,8 @@ pub fn sum_metric(text: &str, metric: &str, labels: &[&str]) -> f64 {
         .filter_map(|l| {
             let (series, value) = l.rsplit_once(' ')?;
             let name = series.split('{').next()?;
-            (name == metric && labels.iter().all(|x| series.contains(x))).then(|| value.parse::<f64>().ok())?
+            (name == metric && labels.iter().all(|x| series.contains(x)))
+                .then(|| value.parse::<f64>().ok())?
         })
         .sum()
 }
