@@ -288,3 +288,25 @@ fn base64_of(s: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(s)
 }
+
+#[tokio::test]
+async fn without_amqp_it_says_it_runs_capture_only() {
+    let up = upstream::echo().await;
+    let dir = tempfile::tempdir().unwrap();
+    let sc = Sidecar::start(
+        dir.path(),
+        &config("a", &format!("http://{up}"), dir.path(), "", ""),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !sc
+        .log()
+        .contains("no [amqp] section: running as a capturing proxy only")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no capture-only notice:\n{}",
+            sc.log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
