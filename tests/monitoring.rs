@@ -82,7 +82,9 @@ fn promtool_rule_unit_tests_fire_and_stay_quiet() {
     let alerts = yaml_values(&rules, "alert");
     assert!(alerts.len() >= 10, "too few alerts: {alerts:?}");
     for alert in &alerts {
-        let fired = tests.contains(&format!("alertname: {alert}\n        exp_alerts:\n          - "));
+        let fired = tests.contains(&format!(
+            "alertname: {alert}\n        exp_alerts:\n          - "
+        ));
         let quiet = tests.contains(&format!("alertname: {alert}\n        exp_alerts: []"));
         assert!(
             fired && quiet,
@@ -141,12 +143,18 @@ async fn promtool_check_metrics_passes_on_a_real_scrape() {
         }
     }
     assert_eq!(statuses.len(), 320);
-    assert!(statuses.iter().all(|s| *s == 200 || *s == 404), "{statuses:?}");
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 404),
+        "{statuses:?}"
+    );
 
     let admin = Client::new(sc.admin);
     let deadline = Instant::now() + Duration::from_secs(10);
     let body = loop {
-        let r = admin.send("GET", "/metrics", &[], "").await.expect("scrape");
+        let r = admin
+            .send("GET", "/metrics", &[], "")
+            .await
+            .expect("scrape");
         assert_eq!(r.status, 200);
         let text = r.text();
         // The proxy records after answering: wait (bounded) until all 320 are counted.
@@ -198,7 +206,10 @@ fn known_series() -> BTreeSet<String> {
             consts.push((ident.to_owned(), value.to_owned()));
         }
     }
-    assert!(consts.len() >= 20, "metric names not found in src/metrics.rs");
+    assert!(
+        consts.len() >= 20,
+        "metric names not found in src/metrics.rs"
+    );
     let mut names = BTreeSet::new();
     for (ident, name) in consts {
         let histogram = src.contains(&format!("describe_histogram!(\n        {ident},"));
@@ -220,9 +231,31 @@ fn known_series() -> BTreeSet<String> {
 /// numbers or `$variables`.
 fn selected_metrics(expr: &str) -> Vec<String> {
     const KEYWORDS: &[&str] = &[
-        "by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or",
-        "unless", "offset", "inf", "nan", "sum", "min", "max", "avg", "count", "group", "stddev",
-        "stdvar", "topk", "bottomk", "quantile", "count_values",
+        "by",
+        "without",
+        "on",
+        "ignoring",
+        "group_left",
+        "group_right",
+        "bool",
+        "and",
+        "or",
+        "unless",
+        "offset",
+        "inf",
+        "nan",
+        "sum",
+        "min",
+        "max",
+        "avg",
+        "count",
+        "group",
+        "stddev",
+        "stdvar",
+        "topk",
+        "bottomk",
+        "quantile",
+        "count_values",
     ];
     const GROUPING: &[&str] = &[
         "by",
@@ -255,14 +288,12 @@ fn selected_metrics(expr: &str) -> Vec<String> {
         } else if c == '$' || c.is_ascii_digit() || c == '.' {
             // A variable, a number or a duration: the whole token.
             i += 1;
-            while i < chars.len() && (chars[i].is_ascii_alphanumeric() || "_.".contains(chars[i]))
-            {
+            while i < chars.len() && (chars[i].is_ascii_alphanumeric() || "_.".contains(chars[i])) {
                 i += 1;
             }
         } else if c.is_ascii_alphabetic() || c == '_' || c == ':' {
             let start = i;
-            while i < chars.len() && (chars[i].is_ascii_alphanumeric() || "_:".contains(chars[i]))
-            {
+            while i < chars.len() && (chars[i].is_ascii_alphanumeric() || "_:".contains(chars[i])) {
                 i += 1;
             }
             let word: String = chars[start..i].iter().collect();
@@ -365,7 +396,10 @@ fn rules_and_dashboard_name_only_metrics_we_export() {
             .next()
             .unwrap_or_default()
             .to_owned();
-        assert!(known.contains(&name), "unit test series {series:?} is unknown");
+        assert!(
+            known.contains(&name),
+            "unit test series {series:?} is unknown"
+        );
     }
     assert!(used.contains("up"), "no sidecar-down alert on `up`");
 }
@@ -395,4 +429,33 @@ fn dashboard_has_datasource_and_site_variables() {
         }
     }
     assert!(targets >= 12);
+}
+
+#[test]
+fn dashboard_queries_are_valid_promql() {
+    // promtool parses expressions in rule files: wrap each dashboard query in a recording
+    // rule, with Grafana's `$__rate_interval` made a plain duration.
+    let d: serde_json::Value = serde_json::from_str(&read(&files().join("grafana-dashboard.json")))
+        .expect("grafana-dashboard.json is JSON");
+    let mut exprs = Vec::new();
+    dashboard_exprs(&d, &mut exprs);
+    let mut yaml = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    for (i, e) in exprs.iter().enumerate() {
+        let e = e.replace("$__rate_interval", "5m");
+        let quoted = serde_json::to_string(&e).expect("JSON string");
+        yaml.push_str(&format!(
+            "      - record: dashboard:query{i}\n        expr: {quoted}\n"
+        ));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dashboard-queries.yaml");
+    std::fs::write(&path, &yaml).unwrap();
+    let out = promtool(
+        &["check", "rules", path.to_str().expect("UTF-8 path")],
+        None,
+    );
+    assert_ok(
+        &format!("promtool check rules on the dashboard queries\n{yaml}"),
+        &out,
+    );
 }
