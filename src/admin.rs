@@ -3,8 +3,10 @@
 //! Owns the operator's view of the process. It must not proxy anything and must stay
 //! cheap: a readiness probe opens one TCP connection to the upstream and makes one tiny
 //! durable write, nothing more; `/status` only reads counters and one small table. Neither
-//! says anything secret: no credentials, no key paths, no message bodies.
+//! says anything secret: no credentials, no message bodies (a link error is the text the log
+//! already shows).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +15,6 @@ use http::{HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
-use std::collections::BTreeMap;
 
 use crate::body::{full, ProxyBody};
 use crate::change::now_ms;
