@@ -264,14 +264,14 @@ fn refusals_have_labels_and_messages() {
             "`event_kind` is missing",
         ),
         (
-            "heartbeat",
+            "a change labelled heartbeat",
             with_prop(
                 good(),
                 "event_kind",
                 Some(WireValue::Str("heartbeat".into())),
             ),
-            "unknown_kind",
-            "\"heartbeat\"",
+            "bad_body",
+            "expected `heartbeat`",
         ),
         (
             "kind type",
