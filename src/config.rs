@@ -158,6 +158,9 @@ pub struct AmqpConfig {
     pub reconnect_initial: Duration,
     #[serde(default = "default_backoff_max", with = "humantime_secs")]
     pub reconnect_max: Duration,
+    /// Seconds between two heartbeats of the publisher (liveness for the other sites' lag).
+    #[serde(default = "default_heartbeat_interval", with = "humantime_secs")]
+    pub heartbeat_interval: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -182,6 +185,9 @@ fn default_backoff_initial() -> Duration {
 }
 fn default_backoff_max() -> Duration {
     Duration::from_secs(30)
+}
+fn default_heartbeat_interval() -> Duration {
+    Duration::from_secs(10)
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -390,6 +396,9 @@ impl AmqpConfig {
                 "amqp.reconnect_max",
                 "must be >= amqp.reconnect_initial > 0",
             ));
+        }
+        if self.heartbeat_interval.is_zero() {
+            return Err(invalid("amqp.heartbeat_interval", "must be greater than 0"));
         }
         Ok(())
     }

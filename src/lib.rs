@@ -71,6 +71,8 @@ pub async fn run(
     let wake = Arc::new(tokio::sync::Notify::new());
     let proxy = proxy::Proxy::new(&config.proxy, upstream.clone(), store.clone(), wake.clone());
     let drain = config.shutdown.drain_timeout;
+    // Fired at the drain deadline: what is still draining (the publisher) stops there.
+    let deadline = CancellationToken::new();
     let tasks = TaskTracker::new();
     let links = match &config.amqp {
         None => {
@@ -80,7 +82,7 @@ pub async fn run(
             None
         }
         Some(amqp) => Some(start_federation(
-            &config, amqp, &upstream, &store, &wake, &tasks, &shutdown,
+            &config, amqp, &upstream, &store, &wake, &tasks, &shutdown, &deadline,
         )?),
     };
     let admin = Arc::new(admin::Admin {
@@ -122,7 +124,17 @@ pub async fn run(
     ));
     tasks.close();
     shutdown.cancelled().await;
-    tasks.wait().await;
+    if tokio::time::timeout(drain, tasks.wait()).await.is_err() {
+        tracing::warn!(drain_timeout = ?drain, "drain deadline reached; stopping what is left");
+        deadline.cancel();
+        // Closing links is bounded by protocol step timeouts; do not wait past them.
+        if tokio::time::timeout(std::time::Duration::from_secs(15), tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("tasks still running 15 s after the drain deadline; exiting anyway");
+        }
+    }
     admin_stop.cancel();
     let _ = admin_task.await;
     tracing::info!("stopped");
@@ -130,8 +142,10 @@ pub async fn run(
 }
 
 /// Starts the publisher (outbox → broker), the subscriber (broker → replay → local server)
-/// and the timer that retries parked changes. Answers the links' state, which the publisher
-/// and subscriber (run inside its scope) keep current.
+/// and the timer that retries parked changes. On `shutdown` the publisher drains the outbox
+/// until `deadline`; the others stop taking new work. Answers the links' state, which the
+/// publisher and subscriber (run inside its scope) keep current.
+#[allow(clippy::too_many_arguments)]
 fn start_federation(
     config: &Config,
     amqp: &config::AmqpConfig,
@@ -140,6 +154,7 @@ fn start_federation(
     wake: &Arc<tokio::sync::Notify>,
     tasks: &TaskTracker,
     shutdown: &CancellationToken,
+    deadline: &CancellationToken,
 ) -> Result<status::LinkStates, StartError> {
     // validate() guarantees both are set when [amqp] is.
     let key = config.oauth.conductor_key.clone().unwrap_or_default();
@@ -167,18 +182,15 @@ fn start_federation(
     tracing::info!(site = %config.site, broker = %amqp.url, "federation enabled");
     let links = status::LinkStates::new();
 
-    tasks.spawn(links.scope(amqp::publisher::run_publisher(
+    tasks.spawn(links.scope(amqp::publisher::run_publisher_with_drain(
         amqp.clone(),
         config.site.clone(),
         store.clone(),
         wake.clone(),
         shutdown.clone(),
+        deadline.clone(),
     )));
-    let r = replayer.clone();
-    let handler = move |change: change::Change| {
-        let r = r.clone();
-        async move { r.apply(change).await.map(|_| ()).map_err(|e| e.to_string()) }
-    };
+    let handler = replay::ReplayHandler(replayer.clone());
     let (cfg, site, st, stop) = (
         amqp.clone(),
         config.site.clone(),

@@ -44,6 +44,7 @@ pub const DEAD_LETTERED: &str = "audrey_federation_dead_lettered_total";
 pub const REPLAY_ERRORS: &str = "audrey_federation_replay_errors_total";
 pub const REPLAY_LAG: &str = "audrey_federation_lag_seconds";
 pub const REPLAY_LAST_APPLIED: &str = "audrey_federation_last_applied_timestamp_seconds";
+pub const HEARTBEATS_RECEIVED: &str = "audrey_federation_heartbeats_received_total";
 
 /// Latency buckets (seconds) for proxied requests: sub-millisecond to the 30 s timeout.
 const REQUEST_BUCKETS: &[f64] = &[
@@ -133,7 +134,11 @@ fn describe() {
     describe_gauge!(
         REPLAY_LAST_APPLIED,
         Unit::Seconds,
-        "Unix time at which a change from the origin site was last applied here."
+        "Origin time (Unix seconds) of the newest change or heartbeat from the origin site processed here; time() minus it is the lag, growing while the link is stalled."
+    );
+    describe_counter!(
+        HEARTBEATS_RECEIVED,
+        "Heartbeats received from the broker, by origin site (own site included)."
     );
     describe_gauge!(BUILD_INFO, "Always 1; labels carry the version.");
     describe_gauge!(
@@ -253,11 +258,21 @@ pub fn handler_retry() {
     counter!(HANDLER_RETRIES).increment(1);
 }
 
-pub fn replay_applied(kind: &'static str, origin_site: &str, lag: Duration, now: Duration) {
+/// A change from `origin_site` was applied, `lag` after its capture there.
+pub fn replay_applied(kind: &'static str, origin_site: &str, lag: Duration) {
     counter!(REPLAY_APPLIED, "kind" => kind).increment(1);
-    let origin = origin_site.to_owned();
-    histogram!(REPLAY_LAG, "origin_site" => origin.clone()).record(lag.as_secs_f64());
-    gauge!(REPLAY_LAST_APPLIED, "origin_site" => origin).set(now.as_secs_f64());
+    histogram!(REPLAY_LAG, "origin_site" => origin_site.to_owned()).record(lag.as_secs_f64());
+}
+
+/// The newest origin time (since the Unix epoch) of a change or heartbeat from `origin_site`
+/// processed here; the caller only ever moves it forward.
+pub fn origin_time(origin_site: &str, at: Duration) {
+    gauge!(REPLAY_LAST_APPLIED, "origin_site" => origin_site.to_owned()).set(at.as_secs_f64());
+}
+
+/// A heartbeat from `origin_site` (a bounded label: the federation's site ids) arrived.
+pub fn heartbeat_received(origin_site: &str) {
+    counter!(HEARTBEATS_RECEIVED, "origin_site" => origin_site.to_owned()).increment(1);
 }
 
 pub fn replay_duplicate(kind: &'static str) {

@@ -1,6 +1,6 @@
 //! Mapping between the broker-neutral [`WireMessage`] and an AMQP 1.0 message of fe2o3-amqp.
 //!
-//! Owns the section layout `docs/wire-format.md` prescribes: `header.durable`, `message-id`
+//! Owns the section layout `docs/wire-format.md` prescribes: `header.durable` and `ttl`, `message-id`
 //! (string), `subject`, `content-type` (symbol), `creation-time` (timestamp, ms), the
 //! application properties (`ubyte`/`ulong`/`string` ↔ [`WireValue`]) and exactly one `data`
 //! section as the body. It must not judge a message's content (that is `wire::decode`), nor
@@ -46,7 +46,12 @@ pub fn to_message(w: &WireMessage) -> Message<Data> {
     }
     let created = i64::try_from(w.creation_time_ms).unwrap_or(i64::MAX);
     Message::builder()
-        .header(Header::builder().durable(w.durable).build())
+        .header(
+            Header::builder()
+                .durable(w.durable)
+                .ttl(w.ttl_ms.map(|t| u32::try_from(t).unwrap_or(u32::MAX)))
+                .build(),
+        )
         .properties(
             Properties::builder()
                 .message_id(w.message_id.clone())
@@ -79,6 +84,7 @@ pub fn from_message(m: &Message<Body<Value>>) -> Result<WireMessage, CodecError>
             .map(|s| s.0.clone())
             .unwrap_or_default(),
         durable: m.header.as_ref().is_some_and(|h| h.durable),
+        ttl_ms: m.header.as_ref().and_then(|h| h.ttl).map(u64::from),
         properties: m
             .application_properties
             .as_ref()
@@ -178,6 +184,25 @@ mod tests {
         let back = from_message(&over_the_wire(m)).expect("codec");
         assert_eq!(back, w);
         assert_eq!(wire::decode(&back).expect("decode"), c);
+    }
+
+    #[test]
+    fn a_heartbeat_round_trips_with_its_ttl() {
+        let hb = wire::Heartbeat {
+            origin_site: "site-a".into(),
+            sent_at_ms: 1_700_000_000_123,
+        };
+        let w = wire::encode_heartbeat(&hb, "audrey.federation._heartbeat", 30_000);
+        let m = to_message(&w);
+        let header = m.header.as_ref().expect("header");
+        assert!(!header.durable);
+        assert_eq!(header.ttl, Some(30_000));
+        let back = from_message(&over_the_wire(m)).expect("codec");
+        assert_eq!(back, w);
+        assert_eq!(
+            wire::decode_inbound(&back).expect("decode"),
+            wire::Inbound::Heartbeat(hb)
+        );
     }
 
     #[test]

@@ -18,5 +18,5 @@ mod tls;
 pub use backoff::Backoff;
 pub use connection::{connect, Endpoint};
 pub use error::AmqpError;
-pub use publisher::{run_publisher, PublishError};
+pub use publisher::{run_publisher, run_publisher_with_drain, PublishError};
 pub use subscriber::{run_subscriber, ChangeHandler, SubscribeError};

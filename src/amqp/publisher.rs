@@ -5,8 +5,13 @@
 //! still unknown cannot be routed: it stays in the outbox and is retried every pass) and the
 //! outcome policy: an entry leaves the outbox only when the broker settled it `Accepted`;
 //! `Rejected` moves it to the outbound dead letters with the broker's reason; `Released`,
-//! `Modified` or a link failure keep it for a resend. It must not touch the HTTP path nor
-//! decide anything about inbound changes.
+//! `Modified` or a link failure keep it for a resend. It also sends this site's heartbeat
+//! every `amqp.heartbeat_interval` on the same link, straight from memory (never through the
+//! outbox), between two sends or while idle: its outcome is not awaited and a failed send is
+//! only logged at debug, so a heartbeat never holds up the outbox. Shutdown has two phases:
+//! `drain` (SIGTERM) stops heartbeats and ends the publisher once a pass found nothing left
+//! to send; `stop` (the drain deadline) ends it at once, the outbox keeping the rest. It must
+//! not touch the HTTP path nor decide anything about inbound changes.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
@@ -21,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::link::{step, Reconnect, STEP_TIMEOUT};
 use super::{codec, connect, AmqpError};
-use crate::change::Change;
+use crate::change::{now_ms, Change};
 use crate::config::AmqpConfig;
 use crate::metrics;
 use crate::store::{Store, StoreError};
@@ -52,7 +57,8 @@ pub enum PublishError {
 
 /// Runs until `shutdown`: connects, publishes the outbox, reconnects after any failure.
 /// `wake` is notified after each append; without it the outbox is still polled every
-/// [`POLL_INTERVAL`].
+/// [`POLL_INTERVAL`]. Stops at once on `shutdown` (no drain phase): see
+/// [`run_publisher_with_drain`].
 pub async fn run_publisher(
     cfg: AmqpConfig,
     site: String,
@@ -60,20 +66,53 @@ pub async fn run_publisher(
     wake: Arc<Notify>,
     shutdown: CancellationToken,
 ) {
+    run_publisher_with_drain(cfg, site, store, wake, shutdown.clone(), shutdown).await
+}
+
+/// Like [`run_publisher`], with a drain phase: after `drain` fires it keeps publishing (and
+/// reconnecting) until a pass finds nothing left to send, then returns; `stop` ends it at
+/// once whatever is left (the outbox keeps it for the next start).
+pub async fn run_publisher_with_drain(
+    cfg: AmqpConfig,
+    site: String,
+    store: Store,
+    wake: Arc<Notify>,
+    drain: CancellationToken,
+    stop: CancellationToken,
+) {
+    let heartbeat_interval = cfg.heartbeat_interval;
     let mut publisher = Publisher {
         cfg,
         site,
         store,
         wake,
-        shutdown,
+        drain,
+        stop,
         held_logged: HashSet::new(),
+        heartbeat_interval,
+        next_heartbeat: Instant::now() + heartbeat_interval,
+        drained: false,
     };
     let mut reconnect = Reconnect::new(metrics::LINK_PUBLISH, "publishing", &publisher.cfg);
-    while !publisher.shutdown.is_cancelled() {
+    while !publisher.stop.is_cancelled() && !publisher.drained {
+        if publisher.drain.is_cancelled() && publisher.nothing_pending() {
+            break;
+        }
         let mut up_since = None;
         let result = publisher.connected(&mut up_since).await;
-        if !reconnect.after(result, up_since, &publisher.shutdown).await {
+        if publisher.drained {
             break;
+        }
+        if !reconnect.after(result, up_since, &publisher.stop).await {
+            break;
+        }
+    }
+    if publisher.drain.is_cancelled() {
+        match publisher.store.pending(None, 1) {
+            Ok(left) if left.is_empty() => tracing::info!("publisher drained the outbox"),
+            _ => {
+                tracing::warn!("publisher stopped at the drain deadline; the outbox keeps the rest")
+            }
         }
     }
     tracing::info!("publisher stopped");
@@ -84,9 +123,23 @@ struct Publisher {
     site: String,
     store: Store,
     wake: Arc<Notify>,
-    shutdown: CancellationToken,
+    /// SIGTERM: finish sending what the outbox holds, then stop.
+    drain: CancellationToken,
+    /// The drain deadline: stop now.
+    stop: CancellationToken,
     /// Held entries already logged (logged once each while held).
     held_logged: HashSet<u64>,
+    heartbeat_interval: Duration,
+    next_heartbeat: Instant,
+    /// Set once a pass during the drain found nothing left to send.
+    drained: bool,
+}
+
+/// How long a heartbeat lives in the broker: a few intervals, at least a minute, so a queue
+/// whose consumer is away does not pile them up for ever.
+fn heartbeat_ttl(interval: Duration) -> u64 {
+    let ms = interval.saturating_mul(3).as_millis();
+    u64::try_from(ms).unwrap_or(u64::MAX).max(60_000)
 }
 
 /// What one pass over the outbox asks for next.
@@ -97,13 +150,19 @@ enum Pass {
     Retry,
 }
 
+/// What ended a wait between two passes.
+enum Woke {
+    Pass,
+    Heartbeat,
+}
+
 type Inflight = (u64, &'static str, DeliveryFut<Result<Outcome, SendError>>);
 
 impl Publisher {
     /// One connection's life. `Ok(())` on shutdown or a quiet end of the link.
     async fn connected(&mut self, up_since: &mut Option<Instant>) -> Result<(), PublishError> {
         let container = format!("audrey-federation-{}-publisher", self.site);
-        let shutdown = self.shutdown.clone();
+        let shutdown = self.stop.clone();
         let mut conn = tokio::select! {
             c = connect(&self.cfg, &container) => c?,
             _ = shutdown.cancelled() => return Ok(()),
@@ -125,6 +184,7 @@ impl Publisher {
             metrics::broker_link_up(metrics::LINK_PUBLISH, true);
             *up_since = Some(Instant::now());
             tracing::info!(address = %address, "publish link attached");
+            self.next_heartbeat = Instant::now() + self.heartbeat_interval;
             let result = self.drain(&mut sender).await;
             metrics::broker_link_up(metrics::LINK_PUBLISH, false);
             // RabbitMQ 3.10 answers close() with IllegalState: detach instead.
@@ -137,26 +197,75 @@ impl Publisher {
         result
     }
 
-    /// Publishes passes over the outbox until shutdown or a link failure.
+    /// Publishes passes over the outbox until stopped, drained or a link failure; sends the
+    /// heartbeats while waiting.
     async fn drain(&mut self, sender: &mut Sender) -> Result<(), PublishError> {
-        let shutdown = self.shutdown.clone();
+        let stop = self.stop.clone();
+        let drain = self.drain.clone();
         let wake = self.wake.clone();
         loop {
+            let draining = drain.is_cancelled();
             let pass = tokio::select! {
                 p = self.pass(sender) => p?,
-                _ = shutdown.cancelled() => return Ok(()),
+                _ = stop.cancelled() => return Ok(()),
             };
-            let pause = match pass {
-                Pass::Idle => POLL_INTERVAL,
-                Pass::Retry => POLL_INTERVAL / 4,
-            };
-            tokio::select! {
-                _ = wake.notified(), if matches!(pass, Pass::Idle) => {}
-                _ = tokio::time::sleep(pause) => {}
-                _ = shutdown.cancelled() => return Ok(()),
-                e = sender.on_detach() => return Err(PublishError::Link(format!("the broker detached the link: {e}"))),
+            if draining && matches!(pass, Pass::Idle) {
+                self.drained = true;
+                return Ok(());
+            }
+            let until = tokio::time::Instant::now()
+                + match pass {
+                    Pass::Idle => POLL_INTERVAL,
+                    Pass::Retry => POLL_INTERVAL / 4,
+                };
+            loop {
+                let next_heartbeat = tokio::time::Instant::from_std(self.next_heartbeat);
+                let woke = tokio::select! {
+                    _ = wake.notified(), if matches!(pass, Pass::Idle) => Woke::Pass,
+                    _ = tokio::time::sleep_until(until) => Woke::Pass,
+                    _ = drain.cancelled(), if !draining => Woke::Pass,
+                    _ = tokio::time::sleep_until(next_heartbeat), if !draining => Woke::Heartbeat,
+                    _ = stop.cancelled() => return Ok(()),
+                    e = sender.on_detach() => return Err(PublishError::Link(format!("the broker detached the link: {e}"))),
+                };
+                match woke {
+                    Woke::Pass => break,
+                    Woke::Heartbeat => self.heartbeat(sender).await,
+                }
             }
         }
+    }
+
+    /// Sends a heartbeat if one is due (never while draining). Its outcome is not awaited.
+    async fn heartbeat_if_due(&mut self, sender: &mut Sender) {
+        if !self.drain.is_cancelled() && Instant::now() >= self.next_heartbeat {
+            self.heartbeat(sender).await;
+        }
+    }
+
+    /// Sends one heartbeat now; a failure is logged at debug and forgotten.
+    async fn heartbeat(&mut self, sender: &mut Sender) {
+        self.next_heartbeat = Instant::now() + self.heartbeat_interval;
+        let hb = wire::Heartbeat {
+            origin_site: self.site.clone(),
+            sent_at_ms: now_ms(),
+        };
+        let subject = wire::routing_key(&self.cfg.routing_key_template, wire::HEARTBEAT_DEPLOYMENT);
+        let ttl = heartbeat_ttl(self.heartbeat_interval);
+        let message = codec::to_message(&wire::encode_heartbeat(&hb, &subject, ttl));
+        match sender.send_batchable(message).await {
+            // The broker's verdict is not awaited: dropping it leaves the send as it is.
+            Ok(_outcome) => tracing::trace!(sent_at_ms = hb.sent_at_ms, "heartbeat sent"),
+            Err(e) => tracing::debug!(error = %e, "heartbeat not sent; dropped"),
+        }
+    }
+
+    /// True when the outbox has nothing at all (a store error counts as "something").
+    fn nothing_pending(&self) -> bool {
+        self.store
+            .pending(None, 1)
+            .map(|p| p.is_empty())
+            .unwrap_or(false)
     }
 
     /// One pass over the whole outbox in `origin_seq` order. Cancel-safe: an entry leaves the
@@ -187,6 +296,7 @@ impl Publisher {
                     self.log_held(&change);
                     continue;
                 };
+                self.heartbeat_if_due(sender).await;
                 let subject = wire::routing_key(&self.cfg.routing_key_template, &deployment);
                 let message = codec::to_message(&wire::encode(&change, &subject));
                 let fut = sender

@@ -6,8 +6,12 @@
 //! settlement policy: an invalid message is kept as an inbound dead letter, then rejected with
 //! the reason; a valid change is handed to the [`ChangeHandler`] and accepted only when it
 //! answers `Ok`; an `Err` is retried (same message, backoff) and nothing later overtakes it.
-//! A crash before the accept makes the broker redeliver: the handler must be idempotent. It must
-//! not apply changes itself (the replay engine does, behind the handler) nor publish anything.
+//! A crash before the accept makes the broker redeliver: the handler must be idempotent.
+//! Heartbeats are counted, handed to [`ChangeHandler::heartbeat`] and accepted. On shutdown it
+//! takes no new delivery but finishes the one in hand (unless its handler keeps failing: then
+//! it stays unsettled and the broker offers it again); the credit prefetched beyond it goes
+//! back to the queue when the link detaches. It must not apply changes itself (the replay
+//! engine does, behind the handler) nor publish anything.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -26,7 +30,7 @@ use crate::change::Change;
 use crate::config::{AmqpConfig, SubscribeMode};
 use crate::metrics;
 use crate::store::{Store, StoreError};
-use crate::wire::{self, WireError};
+use crate::wire::{self, Heartbeat, Inbound, WireError};
 
 /// Deliveries the broker may push ahead of the one being handled.
 pub const CREDIT: u32 = 16;
@@ -39,9 +43,16 @@ pub const HANDLER_RETRY_MAX: Duration = Duration::from_secs(10);
 /// `Ok(())`: the change's effect is durable here, whatever it was (applied, skipped as a
 /// duplicate, parked, dead-lettered); the message is then accepted. `Err(reason)`: a transient
 /// failure; the same change is offered again later and later ones wait. Implemented by any
-/// `Fn(Change) -> impl Future<Output = Result<(), String>>`.
+/// `Fn(Change) -> impl Future<Output = Result<(), String>>` (which ignores heartbeats).
 pub trait ChangeHandler: Send + Sync + 'static {
     fn handle(&self, change: Change) -> impl Future<Output = Result<(), String>> + Send;
+
+    /// A heartbeat of some site's publisher (this site's own included): liveness only, never
+    /// a change. The message is accepted whatever happens here. Default: ignored.
+    fn heartbeat(&self, heartbeat: Heartbeat) -> impl Future<Output = ()> + Send {
+        drop(heartbeat);
+        async {}
+    }
 }
 
 impl<F, Fut> ChangeHandler for F
@@ -208,9 +219,16 @@ impl<H: ChangeHandler> Subscriber<H> {
     ) -> Result<bool, SubscribeError> {
         let message = delivery.message();
         let decoded =
-            codec::from_message(message).and_then(|w| wire::decode(&w).map_err(Into::into));
+            codec::from_message(message).and_then(|w| wire::decode_inbound(&w).map_err(Into::into));
         let change = match decoded {
-            Ok(change) => change,
+            Ok(Inbound::Change(change)) => change,
+            Ok(Inbound::Heartbeat(hb)) => {
+                metrics::heartbeat_received(&hb.origin_site);
+                tracing::trace!(origin_site = %hb.origin_site, sent_at_ms = hb.sent_at_ms, "heartbeat");
+                self.handler.heartbeat(hb).await;
+                receiver.accept(&delivery).await.map_err(link)?;
+                return Ok(true);
+            }
             Err(codec::CodecError::Wire(WireError::UnknownKind(kind))) => {
                 // A newer kind readers may skip (docs/wire-format.md): accept and count it.
                 receiver.accept(&delivery).await.map_err(link)?;

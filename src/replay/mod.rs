@@ -17,7 +17,9 @@ mod error;
 mod http;
 mod parked;
 
+use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ::http::uri::Authority;
@@ -26,6 +28,7 @@ use tokio::sync::Mutex;
 use crate::change::{now_ms, Change};
 use crate::config::ReplayConfig;
 use crate::store::Store;
+use crate::wire::Heartbeat;
 
 pub use error::ReplayError;
 pub use parked::RetryReport;
@@ -95,6 +98,9 @@ pub struct Replayer {
     retry_max: Duration,
     recent: moka::sync::Cache<String, ()>,
     lanes: Vec<Mutex<()>>,
+    /// Newest origin time (ms) seen per origin site, so the last-applied gauge never moves
+    /// back (a parked change applied late, a stale heartbeat). One entry per site: bounded.
+    newest: std::sync::Mutex<HashMap<String, u64>>,
 }
 
 impl std::fmt::Debug for Replayer {
@@ -127,6 +133,7 @@ impl Replayer {
             retry_max: config.retry_max,
             recent: moka::sync::Cache::new(RECENT_IDS),
             lanes: (0..LANES).map(|_| Mutex::new(())).collect(),
+            newest: std::sync::Mutex::new(HashMap::new()),
         }
     }
 
@@ -169,6 +176,28 @@ impl Replayer {
         result
     }
 
+    /// Takes a heartbeat of another site's publisher: moves that origin's last-applied gauge
+    /// to the heartbeat's send time. Nothing is stored (no high-water mark moves) and no
+    /// change counter counts it; a heartbeat of this site is skipped.
+    pub fn heartbeat(&self, hb: &Heartbeat) {
+        if hb.origin_site != self.site {
+            self.origin_seen(&hb.origin_site, hb.sent_at_ms);
+        }
+    }
+
+    /// Moves the origin's last-applied gauge forward to `at_ms` (never back).
+    fn origin_seen(&self, origin: &str, at_ms: u64) {
+        let mut newest = match self.newest.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let entry = newest.entry(origin.to_owned()).or_insert(0);
+        if at_ms > *entry {
+            *entry = at_ms;
+            crate::metrics::origin_time(origin, Duration::from_millis(at_ms));
+        }
+    }
+
     /// Remember a settled message id so a redelivery is dropped without a store read.
     fn remember(&self, change: &Change) {
         self.recent.insert(change.message_id(), ());
@@ -201,8 +230,8 @@ impl Replayer {
             change.event.kind(),
             &change.origin_site,
             Duration::from_millis(now.saturating_sub(change.captured_at_ms)),
-            Duration::from_millis(now),
         );
+        self.origin_seen(&change.origin_site, change.captured_at_ms);
         self.remember(change);
         tracing::debug!(
             message_id = %change.message_id(),
@@ -211,6 +240,26 @@ impl Replayer {
             "replayed"
         );
         Ok(Outcome::Applied)
+    }
+}
+
+/// The subscriber's handler in a running sidecar: changes go to [`Replayer::apply`],
+/// heartbeats to [`Replayer::heartbeat`]. A named type rather than a closure because a
+/// closure handler only sees changes.
+#[derive(Debug, Clone)]
+pub struct ReplayHandler(pub Arc<Replayer>);
+
+impl crate::amqp::ChangeHandler for ReplayHandler {
+    async fn handle(&self, change: Change) -> Result<(), String> {
+        self.0
+            .apply(change)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    async fn heartbeat(&self, heartbeat: Heartbeat) {
+        self.0.heartbeat(&heartbeat);
     }
 }
 

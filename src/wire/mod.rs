@@ -1,7 +1,8 @@
 //! The versioned wire format of a [`Change`]: what goes on the broker, broker-neutral.
 //!
 //! Owns [`WireMessage`] (message id, subject, creation time, content type, durability,
-//! application properties, body), [`encode`], [`decode`] and the routing key / subject
+//! time to live, application properties, body), [`encode`], [`decode`], the heartbeat
+//! ([`Heartbeat`], [`encode_heartbeat`], [`decode_inbound`]) and the routing key / subject
 //! template. It must not import fe2o3-amqp or any broker client: the AMQP module converts a
 //! [`WireMessage`] to and from an AMQP 1.0 message. `docs/wire-format.md` is the spec; keep
 //! the two in step. Decoding never panics, whatever the input.
@@ -13,6 +14,10 @@ use std::collections::HashMap;
 use body::BodyV1;
 
 use crate::change::Change;
+
+pub use heartbeat::{encode_heartbeat, Heartbeat, HEARTBEAT_DEPLOYMENT, HEARTBEAT_KIND};
+
+mod heartbeat;
 
 /// The `audrey_format` this build writes and reads.
 pub const FORMAT_VERSION: u8 = 1;
@@ -34,8 +39,16 @@ pub mod prop {
     pub const CLIENT_ADDR: &str = "client_addr";
 }
 
-/// Event kinds of version 1. `heartbeat` is reserved for a later, skippable kind.
+/// Change kinds of version 1. `heartbeat` ([`HEARTBEAT_KIND`]) is a skippable liveness kind
+/// that carries no change: [`decode`] refuses it as unknown, [`decode_inbound`] reads it.
 pub const EVENT_KINDS: [&str; 3] = ["params", "registration", "deletion"];
+
+/// What an inbound message is: a change to replay, or a heartbeat of a site's publisher.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inbound {
+    Change(Change),
+    Heartbeat(Heartbeat),
+}
 
 /// A broker-neutral message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,8 +60,11 @@ pub struct WireMessage {
     /// Capture time, milliseconds since the Unix epoch (informational).
     pub creation_time_ms: u64,
     pub content_type: String,
-    /// Always true when encoded: changes must survive a broker restart.
+    /// True for changes (they must survive a broker restart); false for heartbeats.
     pub durable: bool,
+    /// Time to live in the broker, milliseconds: `None` for changes (they never expire), set
+    /// for heartbeats (a stale one is worthless).
+    pub ttl_ms: Option<u64>,
     /// Application properties, in a stable order; names are unique.
     pub properties: Vec<(String, WireValue)>,
     pub body: Vec<u8>,
@@ -198,14 +214,25 @@ pub fn encode(change: &Change, subject: &str) -> WireMessage {
         creation_time_ms: change.captured_at_ms,
         content_type: CONTENT_TYPE.to_owned(),
         durable: true,
+        ttl_ms: None,
         properties,
         // Serialising plain strings, integers and booleans cannot fail.
         body: serde_json::to_vec(&body).expect("the wire body always serialises"),
     }
 }
 
-/// Decodes and checks a message: version first, then properties, body, and their agreement.
+/// Decodes and checks a change: version first, then properties, body, and their agreement.
+/// A heartbeat is refused as [`WireError::UnknownKind`] (it is no change); consumers that
+/// want heartbeats call [`decode_inbound`].
 pub fn decode(msg: &WireMessage) -> Result<Change, WireError> {
+    match decode_inbound(msg)? {
+        Inbound::Change(change) => Ok(change),
+        Inbound::Heartbeat(_) => Err(WireError::UnknownKind(HEARTBEAT_KIND.to_owned())),
+    }
+}
+
+/// Decodes and checks a change or a heartbeat, with the checks of [`decode`] in its order.
+pub fn decode_inbound(msg: &WireMessage) -> Result<Inbound, WireError> {
     let props = Props::index(&msg.properties)?;
     match props.get(prop::AUDREY_FORMAT).map(WireValue::as_uint) {
         Some(Some(v)) if v == u64::from(FORMAT_VERSION) => {}
@@ -224,6 +251,9 @@ pub fn decode(msg: &WireMessage) -> Result<Change, WireError> {
     let kind = props
         .string(prop::EVENT_KIND)?
         .ok_or(WireError::MissingProperty(prop::EVENT_KIND))?;
+    if kind == HEARTBEAT_KIND {
+        return heartbeat::decode(msg, &props).map(Inbound::Heartbeat);
+    }
     if !EVENT_KINDS.contains(&kind) {
         return Err(WireError::UnknownKind(shorten(kind)));
     }
@@ -259,7 +289,7 @@ pub fn decode(msg: &WireMessage) -> Result<Change, WireError> {
         &change.message_id().as_str(),
     )?;
     validate(&change)?;
-    Ok(change)
+    Ok(Inbound::Change(change))
 }
 
 /// What a replay relies on, beyond agreement.

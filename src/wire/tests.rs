@@ -264,14 +264,14 @@ fn refusals_have_labels_and_messages() {
             "`event_kind` is missing",
         ),
         (
-            "heartbeat",
+            "a change labelled heartbeat",
             with_prop(
                 good(),
                 "event_kind",
                 Some(WireValue::Str("heartbeat".into())),
             ),
-            "unknown_kind",
-            "\"heartbeat\"",
+            "bad_body",
+            "expected `heartbeat`",
         ),
         (
             "kind type",
@@ -541,5 +541,131 @@ fn routing_keys() {
     ];
     for (template, deployment, want) in cases {
         assert_eq!(routing_key(template, deployment), want);
+    }
+}
+
+fn heartbeat() -> Heartbeat {
+    Heartbeat {
+        origin_site: "site-a".into(),
+        sent_at_ms: 1_700_000_000_500,
+    }
+}
+
+#[test]
+fn encodes_a_heartbeat_as_documented() {
+    let subject = routing_key("audrey.federation.{deployment}", HEARTBEAT_DEPLOYMENT);
+    assert_eq!(subject, "audrey.federation._heartbeat");
+    let msg = encode_heartbeat(&heartbeat(), &subject, 30_000);
+    assert_eq!(msg.message_id, "site-a:hb:1700000000500");
+    assert_eq!(msg.creation_time_ms, 1_700_000_000_500);
+    assert!(!msg.durable);
+    assert_eq!(msg.ttl_ms, Some(30_000));
+    assert_eq!(
+        msg.properties,
+        vec![
+            ("audrey_format".to_owned(), WireValue::U8(1)),
+            ("event_kind".to_owned(), WireValue::Str("heartbeat".into())),
+            ("origin_site".to_owned(), WireValue::Str("site-a".into())),
+        ]
+    );
+    assert_eq!(
+        String::from_utf8(msg.body.clone()).expect("utf-8"),
+        r#"{"audrey_format":1,"origin_site":"site-a","captured_at_ms":1700000000500,"event":{"kind":"heartbeat"}}"#
+    );
+    assert_eq!(
+        decode_inbound(&msg).expect("decodes"),
+        Inbound::Heartbeat(heartbeat())
+    );
+    // A change decoder skips it like any kind it does not know.
+    assert_eq!(
+        decode(&msg).expect_err("not a change").as_str(),
+        "unknown_kind"
+    );
+    // A heartbeat id never equals a change id.
+    assert_ne!(msg.message_id, params_change().message_id());
+}
+
+#[test]
+fn changes_still_decode_through_decode_inbound() {
+    assert_eq!(
+        decode_inbound(&good()).expect("decodes"),
+        Inbound::Change(params_change())
+    );
+}
+
+#[test]
+fn a_bad_heartbeat_is_refused() {
+    let good_hb = || encode_heartbeat(&heartbeat(), "s", 1000);
+    let cases: Vec<(&str, WireMessage, &str)> = vec![
+        (
+            "wrong id",
+            WireMessage {
+                message_id: "site-a:7".into(),
+                ..good_hb()
+            },
+            "mismatch",
+        ),
+        (
+            "origin disagrees",
+            with_prop(
+                good_hb(),
+                "origin_site",
+                Some(WireValue::Str("site-b".into())),
+            ),
+            "mismatch",
+        ),
+        (
+            "no origin",
+            with_prop(good_hb(), "origin_site", None),
+            "missing_property",
+        ),
+        (
+            "body of a change",
+            WireMessage {
+                body: good().body,
+                ..good_hb()
+            },
+            "bad_body",
+        ),
+        (
+            "no time",
+            with_body(good_hb(), |v| {
+                drop(v.as_object_mut().map(|o| o.remove("captured_at_ms")))
+            }),
+            "bad_body",
+        ),
+        (
+            "version 2",
+            with_prop(good_hb(), "audrey_format", Some(WireValue::U8(2))),
+            "unsupported_version",
+        ),
+        (
+            "empty origin",
+            with_body(
+                WireMessage {
+                    message_id: ":hb:1700000000500".into(),
+                    ..with_prop(
+                        good_hb(),
+                        "origin_site",
+                        Some(WireValue::Str(String::new())),
+                    )
+                },
+                |v| v["origin_site"] = json!(""),
+            ),
+            "invalid",
+        ),
+    ];
+    for (what, msg, label) in cases {
+        let err = decode_inbound(&msg).expect_err(what);
+        assert_eq!(err.as_str(), label, "{what}: {err}");
+    }
+}
+
+#[test]
+fn an_unknown_kind_is_still_refused() {
+    for kind in ["ping", "Heartbeat", "heartbeats", ""] {
+        let msg = with_prop(good(), "event_kind", Some(WireValue::Str(kind.into())));
+        let err = decode_inbound(&msg).expect_err(kind);
+        assert_eq!(err, WireError::UnknownKind(kind.to_owned()));
     }
 }
