@@ -315,7 +315,10 @@ mod tests {
         tracing::subscriber::with_default(subscriber, || {
             let cache = ClientConfigCache::new();
             let first = cache.get(&cfg).expect("good files");
-            assert!(Arc::ptr_eq(&first, &cache.get(&cfg).unwrap()), "unchanged: cached");
+            assert!(
+                Arc::ptr_eq(&first, &cache.get(&cfg).unwrap()),
+                "unchanged: cached"
+            );
 
             // Garbage in the certificate: the last good config, one line naming the file.
             std::fs::write(&cert, "garbage\n").unwrap();
@@ -332,7 +335,10 @@ mod tests {
             assert!(Arc::ptr_eq(&first, &cache.get(&cfg).expect("last good")));
             let lines = logs.refusals();
             assert_eq!(lines.len(), 2, "{lines:?}");
-            assert!(lines[1].contains("do not form a usable identity"), "{lines:?}");
+            assert!(
+                lines[1].contains("do not form a usable identity"),
+                "{lines:?}"
+            );
             assert!(lines[1].contains(&key.display().to_string()), "{lines:?}");
 
             // The rotation completes: a new config, no further refusal.
@@ -344,9 +350,14 @@ mod tests {
 
             // A first use with bad files fails as before (nothing good to keep).
             std::fs::write(&key, "garbage\n").unwrap();
-            let err = ClientConfigCache::new().get(&cfg).expect_err("no last good");
+            let err = ClientConfigCache::new()
+                .get(&cfg)
+                .expect_err("no last good");
             assert!(matches!(err, AmqpError::BadPem { .. }), "{err:?}");
-            assert!(err.to_string().contains(&key.display().to_string()), "{err}");
+            assert!(
+                err.to_string().contains(&key.display().to_string()),
+                "{err}"
+            );
         });
     }
 }
