@@ -178,3 +178,46 @@ fn config_error(cert: &Path, key: &Path, reason: String) -> TlsError {
         reason,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs the shipped `certs/gen-certs.sh` into `dir` (a fresh CA and its server pair).
+    fn pki(dir: &Path) {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("certs/gen-certs.sh");
+        let out = std::process::Command::new("bash")
+            .arg(script)
+            .arg(dir)
+            .arg("unused-site")
+            .output()
+            .expect("run gen-certs.sh");
+        assert!(out.status.success(), "{out:?}");
+    }
+
+    #[test]
+    fn bad_files_at_start_fail_naming_the_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (one, two) = (tmp.path().join("1"), tmp.path().join("2"));
+        pki(&one);
+        pki(&two);
+        let (cert, key) = (one.join("server.pem"), one.join("server.key"));
+        assert!(server_acceptor(&cert, &key).is_ok());
+
+        let junk = tmp.path().join("junk.pem");
+        std::fs::write(&junk, "garbage\n").unwrap();
+        let err = server_acceptor(&junk, &key)
+            .err()
+            .expect("garbage certificate");
+        assert!(matches!(err, TlsError::Cert { .. }), "{err:?}");
+        assert!(
+            err.to_string().contains(&junk.display().to_string()),
+            "{err}"
+        );
+
+        let err = server_acceptor(&cert, &two.join("server.key"))
+            .err()
+            .expect("someone else's key");
+        assert!(matches!(err, TlsError::Config { .. }), "{err:?}");
+    }
+}
