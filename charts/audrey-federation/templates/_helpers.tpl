@@ -92,11 +92,12 @@ audrey-federation/site: {{ .Values.site | quote }}
 {{- define "audrey-federation.upstream" -}}
 {{- if .Values.proxy.upstream }}
 {{- .Values.proxy.upstream }}
-{{- else if eq .Values.mode "full" }}
-{{- printf "http://127.0.0.1:%v" .Values.server.port }}
+{{- else if ne .Values.mode "sidecar" }}
+{{- /* full and embedded: the server is in the same pod, on loopback. */}}
+{{- printf "http://127.0.0.1:%v" (int64 .Values.server.port) }}
 {{- else }}
 {{- $ns := default .Release.Namespace .Values.upstreamService.namespace }}
-{{- printf "http://%s.%s.svc:%v" .Values.upstreamService.name $ns .Values.upstreamService.port }}
+{{- printf "http://%s.%s.svc:%v" .Values.upstreamService.name $ns (int64 .Values.upstreamService.port) }}
 {{- end }}
 {{- end }}
 
