@@ -181,7 +181,9 @@ async fn stopped_sidecar_list_retry_drop() {
     assert_eq!(cli(&cfg, &["drop"]).code, 2);
     let missing = cli(&cfg, &["drop", "--id", "99", "--direction", "outbound"]);
     assert_eq!(missing.code, 1);
-    assert!(missing.stderr.contains("no outbound dead letter with id 99"));
+    assert!(missing
+        .stderr
+        .contains("no outbound dead letter with id 99"));
 
     let seq = p.registration.origin_seq.to_string();
     let retry = cli(&cfg, &["retry", "--direction", "outbound", "--id", &seq]);
@@ -196,11 +198,15 @@ async fn stopped_sidecar_list_retry_drop() {
     let id = p.in_junk.to_string();
     let refused = cli(&cfg, &["retry", "--direction", "inbound", "--id", &id]);
     assert_eq!(refused.code, 1);
-    assert!(refused.stdout.contains("refused (the message does not decode"));
+    assert!(refused
+        .stdout
+        .contains("refused (the message does not decode"));
     let id = p.in_registration.to_string();
     let refused = cli(&cfg, &["retry", "--direction", "inbound", "--id", &id]);
     assert_eq!(refused.code, 1);
-    assert!(refused.stdout.contains("only params changes can be re-parked"));
+    assert!(refused
+        .stdout
+        .contains("only params changes can be re-parked"));
 
     let dropped = cli(&cfg, &["drop", "--direction", "inbound", "--id", &id]);
     assert_eq!(dropped.code, 0, "{}", dropped.stderr);
@@ -248,7 +254,11 @@ async fn running_sidecar_through_admin_endpoints() {
     // Locked, and admin.listen has port 0: say what to pass.
     let unknown = cli(&cfg, &["list"]);
     assert_eq!(unknown.code, 2);
-    assert!(unknown.stderr.contains("--admin-listen"), "{}", unknown.stderr);
+    assert!(
+        unknown.stderr.contains("--admin-listen"),
+        "{}",
+        unknown.stderr
+    );
 
     let list = cli(&cfg, &["list", "--admin-listen", &admin]);
     assert_eq!(list.code, 0, "{}", list.stderr);
@@ -259,7 +269,15 @@ async fn running_sidecar_through_admin_endpoints() {
     let seq = p.params.origin_seq.to_string();
     let retry = cli(
         &cfg,
-        &["retry", "--admin-listen", &admin, "--direction", "outbound", "--id", &seq],
+        &[
+            "retry",
+            "--admin-listen",
+            &admin,
+            "--direction",
+            "outbound",
+            "--id",
+            &seq,
+        ],
     );
     assert_eq!(retry.code, 0, "{}", retry.stderr);
     assert!(retry.stdout.contains("requeued") && retry.stdout.contains("site-a:2"));
@@ -267,13 +285,28 @@ async fn running_sidecar_through_admin_endpoints() {
     let id = p.in_params.to_string();
     let repark = cli(
         &cfg,
-        &["retry", "--admin-listen", &admin, "--direction", "inbound", "--id", &id],
+        &[
+            "retry",
+            "--admin-listen",
+            &admin,
+            "--direction",
+            "inbound",
+            "--id",
+            &id,
+        ],
     );
     assert_eq!(repark.code, 0, "{}", repark.stderr);
 
     let drop = cli(
         &cfg,
-        &["drop", "--admin-listen", &admin, "--direction", "inbound", "--all"],
+        &[
+            "drop",
+            "--admin-listen",
+            &admin,
+            "--direction",
+            "inbound",
+            "--all",
+        ],
     );
     assert_eq!(drop.code, 0, "{}", drop.stderr);
     assert_eq!(drop.stdout.matches("dropped").count(), 2, "{}", drop.stdout);
