@@ -326,3 +326,140 @@ async fn running_sidecar_through_admin_endpoints() {
     assert_eq!(store.parked().unwrap()[0].change.message_id(), "site-b:40");
     store.close().await.unwrap();
 }
+
+/// A params report of `ipaddress = value` for `instance` (what the proxy captures).
+fn report_of(instance: &str, value: &str) -> Capture {
+    let mut c = params(instance);
+    c.event = Event::Params {
+        audrey_data: support::client::audrey_data(&[("ipaddress", value)]),
+        values: vec![("ipaddress".into(), value.into())],
+        return_codes: false,
+    };
+    c
+}
+
+/// Waits until `consumer` at `site` resolves its peer's `ipaddress` to `value`.
+async fn sees(site: &support::site::Site, consumer: &support::client::InstanceXml, value: &str) {
+    use base64::Engine;
+    let want = format!(
+        "peer_ip&{}|",
+        base64::engine::general_purpose::STANDARD.encode(value)
+    );
+    let creds = support::scenario::own(consumer);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let r = site
+            .client()
+            .get_configs(2, &consumer.uuid, None, &creds)
+            .await
+            .unwrap();
+        if r.status == 200 && r.text().contains(&want) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} at {} never saw {value}: {} {}",
+            consumer.uuid,
+            site.name,
+            r.status,
+            r.text()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// Through a real federation: an outbound letter retried at A is published and applied at
+/// B; an inbound letter retried at B is re-parked and applied by B's parked-retry timer.
+#[tokio::test]
+async fn retried_letters_flow_through_a_live_federation() {
+    use support::broker::{Broker, BrokerOptions};
+    use support::client::{Placement, Response};
+    use support::site::Site;
+
+    let names = ["site-a", "site-b"];
+    let certs = support::certs::generate(&names);
+    let broker = Broker::start(BrokerOptions {
+        sites: &names,
+        certs: &certs,
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Site::start("site-a", &broker.amqps_url(), &certs, &dir.path().join("a"));
+    let mut b = Site::start("site-b", &broker.amqps_url(), &certs, &dir.path().join("b"));
+    let (i1, i2) = (support::scenario::i1(), support::scenario::i2());
+    for (site, x) in [(&a, &i1), (&b, &i2)] {
+        let r: Response = site
+            .client()
+            .register(&Site::conductor(), 1, &x.uuid, &x.to_xml())
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+    let data = support::client::audrey_data(&[("ipaddress", "10.0.0.5")]);
+    let r = a
+        .client()
+        .put_params(2, "I1", &i1.secret, &data, Placement::Header)
+        .await
+        .unwrap();
+    assert!(r.status == 200 || r.status == 202, "{r:?}");
+    sees(&b, &i2, "10.0.0.5").await;
+
+    // Outbound: a change of I1 dead-lettered at A while it was stopped.
+    assert!(a.sidecar.terminate().success());
+    let store = Store::open(&a.dir.join("state"), "site-a").unwrap();
+    let change = store.append(report_of("I1", "10.0.0.99")).await.unwrap();
+    store
+        .dead_letter_outbound(change.origin_seq, "broker rejected the message")
+        .await
+        .unwrap();
+    store.close().await.unwrap();
+    a.sidecar = Sidecar::start_with(&a.dir, a.sidecar.config_path());
+    let seq = change.origin_seq.to_string();
+    let admin = a.sidecar.admin.to_string();
+    let cfg = a.sidecar.config_path();
+    let args = [
+        "retry",
+        "--admin-listen",
+        &admin,
+        "--direction",
+        "outbound",
+        "--id",
+        &seq,
+    ];
+    let retry = cli(&cfg, &args);
+    assert_eq!(retry.code, 0, "{}{}", retry.stdout, retry.stderr);
+    sees(&b, &i2, "10.0.0.99").await;
+
+    // Inbound: a change from A that B gave up on, retried at a running B.
+    assert!(b.sidecar.terminate().success());
+    let store = Store::open(&b.dir.join("state"), "site-b").unwrap();
+    let mut late = from_b(report_of("I1", "10.0.0.123"), 0);
+    let mut parsed: Change = serde_json::from_slice(&late).unwrap();
+    parsed.origin_site = "site-a".into();
+    parsed.origin_seq = 1000;
+    parsed.instance_seq = 1000;
+    parsed.deployment = Some("D1".into());
+    late = serde_json::to_vec(&parsed).unwrap();
+    let id = store
+        .dead_letter_inbound(late, "local server answered 503")
+        .await
+        .unwrap();
+    store.close().await.unwrap();
+    b.sidecar = Sidecar::start_with(&b.dir, b.sidecar.config_path());
+    let (id, admin) = (id.to_string(), b.sidecar.admin.to_string());
+    let cfg = b.sidecar.config_path();
+    let args = [
+        "retry",
+        "--admin-listen",
+        &admin,
+        "--direction",
+        "inbound",
+        "--id",
+        &id,
+    ];
+    let repark = cli(&cfg, &args);
+    assert_eq!(repark.code, 0, "{}{}", repark.stdout, repark.stderr);
+    sees(&b, &i2, "10.0.0.123").await;
+    let list = cli(&cfg, &["list", "--admin-listen", &admin]);
+    assert_eq!(list.stdout.trim(), "no dead letters", "{}", list.stdout);
+    drop(broker);
+}
