@@ -143,6 +143,16 @@ fn cli(config: &Path, args: &[&str]) -> Run {
     run
 }
 
+/// Waits until a freshly started sidecar holds its store: the admin listener (bound before
+/// the store is opened) answers only once `run` has opened it.
+async fn holds_store(sidecar: &Sidecar) {
+    let req = http::Request::get("/dead-letters")
+        .body(String::new())
+        .unwrap();
+    let (status, _, _) = support::client::exchange(sidecar.admin, req).await;
+    assert_eq!(status, 200);
+}
+
 fn setup(dir: &Path) -> PathBuf {
     let path = dir.join("config.toml");
     std::fs::write(&path, config("site-a", "http://127.0.0.1:9", dir, "", "")).unwrap();
@@ -249,6 +259,7 @@ async fn running_sidecar_through_admin_endpoints() {
     let state = dir.path().join("state");
     let p = plant(&state).await;
     let mut sidecar = Sidecar::start_with(dir.path(), cfg.clone());
+    holds_store(&sidecar).await;
     let admin = sidecar.admin.to_string();
 
     // Locked, and admin.listen has port 0: say what to pass.
@@ -413,6 +424,7 @@ async fn retried_letters_flow_through_a_live_federation() {
         .unwrap();
     store.close().await.unwrap();
     a.sidecar = Sidecar::start_with(&a.dir, a.sidecar.config_path());
+    holds_store(&a.sidecar).await;
     let seq = change.origin_seq.to_string();
     let admin = a.sidecar.admin.to_string();
     let cfg = a.sidecar.config_path();
@@ -445,6 +457,7 @@ async fn retried_letters_flow_through_a_live_federation() {
         .unwrap();
     store.close().await.unwrap();
     b.sidecar = Sidecar::start_with(&b.dir, b.sidecar.config_path());
+    holds_store(&b.sidecar).await;
     let (id, admin) = (id.to_string(), b.sidecar.admin.to_string());
     let cfg = b.sidecar.config_path();
     let args = [
