@@ -1,9 +1,12 @@
-//! The admin listener: `/healthz`, `/readyz`, `/metrics`.
+//! The admin listener: `/healthz`, `/readyz`, `/status`, `/metrics`.
 //!
 //! Owns the operator's view of the process. It must not proxy anything and must stay
 //! cheap: a readiness probe opens one TCP connection to the upstream and makes one tiny
-//! durable write, nothing more.
+//! durable write, nothing more; `/status` only reads counters and one small table. Neither
+//! says anything secret: no credentials, no message bodies (a link error is the text the log
+//! already shows).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,15 +14,73 @@ use http::header::CONTENT_TYPE;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use metrics_exporter_prometheus::PrometheusHandle;
+use serde::Serialize;
 
 use crate::body::{full, ProxyBody};
+use crate::change::now_ms;
+use crate::status::{LinkSnapshot, LinkStates};
 use crate::store::Store;
 
 /// What the admin endpoints look at.
 pub struct Admin {
+    pub site: String,
     pub upstream: http::uri::Authority,
     pub store: Store,
     pub metrics: PrometheusHandle,
+    /// The broker links; `None` without federation (no `[amqp]`).
+    pub links: Option<LinkStates>,
+    /// `admin.ready_requires_broker`: a down link makes `/readyz` 503.
+    pub ready_requires_broker: bool,
+}
+
+/// The `/status` document (README "Status"). Field names are an interface: add, never rename.
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub site: String,
+    pub version: &'static str,
+    /// `host:port` of the local Config Server.
+    pub upstream: String,
+    pub federation: bool,
+    /// Unix time (ms) this document was made.
+    pub now_ms: u64,
+    /// `publish` and `subscribe`; empty without federation.
+    pub links: BTreeMap<&'static str, LinkSnapshot>,
+    pub outbox: Outbox,
+    /// Inbound changes waiting for their instance's registration.
+    pub parked: u64,
+    pub dead_letters: DeadLetters,
+    /// Per origin site whose changes were applied here.
+    pub origins: BTreeMap<String, Origin>,
+    /// Why `origins` could not be read, if it could not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub origins_error: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Outbox {
+    pub pending: u64,
+    /// Age of the oldest pending change; `null` when the outbox is empty.
+    pub oldest_age_seconds: Option<f64>,
+    /// Entries the publisher holds back (deployment unknown); `null` until it has looked.
+    pub held: Option<u64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DeadLetters {
+    pub outbound: u64,
+    pub inbound: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Origin {
+    pub applied: u64,
+    pub max_origin_seq: u64,
+    /// Unix time (ms) the newest applied change was captured at its origin.
+    pub last_applied_origin_time_ms: u64,
+    /// Unix time (ms) it was applied here.
+    pub last_applied_at_ms: u64,
+    /// Now minus `last_applied_origin_time_ms`.
+    pub lag_seconds: f64,
 }
 
 impl Admin {
@@ -33,6 +94,16 @@ impl Admin {
         match req.uri().path() {
             "/healthz" => text(StatusCode::OK, "ok\n"),
             "/readyz" => self.readyz().await,
+            "/status" => match serde_json::to_vec_pretty(&self.status()) {
+                Ok(mut body) => {
+                    body.push(b'\n');
+                    let mut resp = text(StatusCode::OK, body);
+                    resp.headers_mut()
+                        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                    resp
+                }
+                Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("status: {e}\n")),
+            },
             "/metrics" => {
                 self.refresh_gauges();
                 let mut resp = text(StatusCode::OK, self.metrics.render());
@@ -44,25 +115,27 @@ impl Admin {
             }
             _ => text(
                 StatusCode::NOT_FOUND,
-                "not found: try /healthz, /readyz or /metrics\n",
+                "not found: try /healthz, /readyz, /status or /metrics\n",
             ),
         }
     }
 
-    /// Ready when the upstream accepts a TCP connection and the outbox takes a durable write.
+    /// Ready when the upstream accepts a TCP connection and the outbox takes a durable write;
+    /// with `ready_requires_broker`, also when both broker links are up. The body always
+    /// names the links' state.
     async fn readyz(&self) -> Response<ProxyBody> {
         let mut problems = Vec::new();
-        let target = self.upstream.as_str().to_string();
+        let shown = self.upstream_shown();
         match tokio::time::timeout(
             Duration::from_secs(2),
-            tokio::net::TcpStream::connect(&target),
+            tokio::net::TcpStream::connect(self.upstream.as_str()),
         )
         .await
         {
             Ok(Ok(_)) => {}
-            Ok(Err(e)) => problems.push(format!("upstream {target} unreachable: {e}")),
+            Ok(Err(e)) => problems.push(format!("upstream {shown} unreachable: {e}")),
             Err(_) => problems.push(format!(
-                "upstream {target} did not accept a connection within 2s"
+                "upstream {shown} did not accept a connection within 2s"
             )),
         }
         match tokio::time::timeout(Duration::from_secs(5), self.store.probe_writable()).await {
@@ -70,10 +143,86 @@ impl Admin {
             Ok(Err(e)) => problems.push(format!("outbox not writable: {e}")),
             Err(_) => problems.push("outbox write probe did not finish within 5s".to_string()),
         }
+        let mut notes = Vec::new();
+        match &self.links {
+            None => notes.push("broker: federation disabled (capture only)".to_string()),
+            Some(links) => {
+                for (name, link) in links.all() {
+                    let line = link_line(name, &link);
+                    if !link.up && self.ready_requires_broker {
+                        problems.push(line);
+                    } else {
+                        notes.push(line);
+                    }
+                }
+            }
+        }
         if problems.is_empty() {
-            text(StatusCode::OK, "ready\n")
+            notes.insert(0, "ready".to_string());
+            text(StatusCode::OK, notes.join("\n") + "\n")
         } else {
+            problems.extend(notes);
             text(StatusCode::SERVICE_UNAVAILABLE, problems.join("\n") + "\n")
+        }
+    }
+
+    /// The `/status` document, from counters and the origins table.
+    pub fn status(&self) -> Status {
+        let now = now_ms();
+        let stats = self.store.stats();
+        let links = self
+            .links
+            .as_ref()
+            .map(|l| l.all().into_iter().collect())
+            .unwrap_or_default();
+        let (origins, origins_error) = match self.store.origins() {
+            Ok(list) => (
+                list.into_iter()
+                    .map(|(site, o)| {
+                        let origin = Origin {
+                            applied: o.applied,
+                            max_origin_seq: o.max_origin_seq,
+                            last_applied_origin_time_ms: o.last_captured_at_ms,
+                            last_applied_at_ms: o.last_applied_at_ms,
+                            lag_seconds: seconds_since(now, o.last_captured_at_ms),
+                        };
+                        (site, origin)
+                    })
+                    .collect(),
+                None,
+            ),
+            Err(e) => (BTreeMap::new(), Some(e.to_string())),
+        };
+        Status {
+            site: self.site.clone(),
+            version: env!("CARGO_PKG_VERSION"),
+            upstream: self.upstream_shown(),
+            federation: self.links.is_some(),
+            now_ms: now,
+            links,
+            outbox: Outbox {
+                pending: self.store.depth(),
+                oldest_age_seconds: self
+                    .store
+                    .oldest_captured_ms()
+                    .map(|ms| seconds_since(now, ms)),
+                held: self.links.as_ref().and_then(LinkStates::held),
+            },
+            parked: stats.parked,
+            dead_letters: DeadLetters {
+                outbound: self.store.dead_letter_count(),
+                inbound: self.store.inbound_dead_letter_count(),
+            },
+            origins,
+            origins_error,
+        }
+    }
+
+    /// The upstream as `host:port`, never with any user information.
+    fn upstream_shown(&self) -> String {
+        match self.upstream.port_u16() {
+            Some(p) => format!("{}:{p}", self.upstream.host()),
+            None => self.upstream.host().to_string(),
         }
     }
 
@@ -85,6 +234,23 @@ impl Admin {
             .map(|ms| Duration::from_millis(crate::change::now_ms().saturating_sub(ms)));
         crate::metrics::outbox_state(depth, age);
     }
+}
+
+/// One line of `/readyz` about a broker link.
+fn link_line(name: &str, link: &LinkSnapshot) -> String {
+    let state = if link.up { "up" } else { "down" };
+    let ago = seconds_since(now_ms(), link.since_ms);
+    let mut line = format!("broker {name} link {state} for {ago:.0}s");
+    if let (false, Some(err)) = (link.up, &link.last_error) {
+        line.push_str(": ");
+        line.push_str(err);
+    }
+    line
+}
+
+/// Seconds from unix time `then_ms` to `now_ms` (0 if the clock went back).
+fn seconds_since(now_ms: u64, then_ms: u64) -> f64 {
+    now_ms.saturating_sub(then_ms) as f64 / 1000.0
 }
 
 fn text(status: StatusCode, body: impl Into<bytes::Bytes>) -> Response<ProxyBody> {

@@ -97,12 +97,15 @@ impl Default for ProxyConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
+    /// `/readyz` answers 503 while a broker link is down (federation only).
+    pub ready_requires_broker: bool,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
             listen: "127.0.0.1:9464".parse().unwrap(),
+            ready_requires_broker: false,
         }
     }
 }

@@ -17,6 +17,7 @@ pub mod oauth;
 pub mod proxy;
 pub mod replay;
 pub mod serve;
+pub mod status;
 pub mod store;
 pub mod tls;
 pub mod wire;
@@ -70,19 +71,27 @@ pub async fn run(
     })?;
     let wake = Arc::new(tokio::sync::Notify::new());
     let proxy = proxy::Proxy::new(&config.proxy, upstream.clone(), store.clone(), wake.clone());
+    let drain = config.shutdown.drain_timeout;
+    let tasks = TaskTracker::new();
+    let links = match &config.amqp {
+        None => {
+            tracing::warn!(
+                "no [amqp] section: running as a capturing proxy only; the outbox keeps every change until federation is enabled"
+            );
+            None
+        }
+        Some(amqp) => Some(start_federation(
+            &config, amqp, &upstream, &store, &wake, &tasks, &shutdown,
+        )?),
+    };
     let admin = Arc::new(admin::Admin {
+        site: config.site.clone(),
         upstream: upstream.clone(),
         store: store.clone(),
         metrics,
+        links,
+        ready_requires_broker: config.admin.ready_requires_broker,
     });
-    let drain = config.shutdown.drain_timeout;
-    let tasks = TaskTracker::new();
-    match &config.amqp {
-        None => tracing::warn!(
-            "no [amqp] section: running as a capturing proxy only; the outbox keeps every change until federation is enabled"
-        ),
-        Some(amqp) => start_federation(&config, amqp, &upstream, &store, &wake, &tasks, &shutdown)?,
-    }
     if let Some(dir) = config.proxy.upstream_storage_dir.clone() {
         let every = std::time::Duration::from_secs(30);
         tasks.spawn(learn::run(
@@ -122,7 +131,8 @@ pub async fn run(
 }
 
 /// Starts the publisher (outbox → broker), the subscriber (broker → replay → local server)
-/// and the timer that retries parked changes.
+/// and the timer that retries parked changes. Answers the links' state, which the publisher
+/// and subscriber (run inside its scope) keep current.
 fn start_federation(
     config: &Config,
     amqp: &config::AmqpConfig,
@@ -131,7 +141,7 @@ fn start_federation(
     wake: &Arc<tokio::sync::Notify>,
     tasks: &TaskTracker,
     shutdown: &CancellationToken,
-) -> Result<(), StartError> {
+) -> Result<status::LinkStates, StartError> {
     // validate() guarantees both are set when [amqp] is.
     let key = config.oauth.conductor_key.clone().unwrap_or_default();
     let secret_path = config
@@ -156,14 +166,15 @@ fn start_federation(
         &config.replay,
     ));
     tracing::info!(site = %config.site, broker = %amqp.url, "federation enabled");
+    let links = status::LinkStates::new();
 
-    tasks.spawn(amqp::publisher::run_publisher(
+    tasks.spawn(links.scope(amqp::publisher::run_publisher(
         amqp.clone(),
         config.site.clone(),
         store.clone(),
         wake.clone(),
         shutdown.clone(),
-    ));
+    )));
     let r = replayer.clone();
     let handler = move |change: change::Change| {
         let r = r.clone();
@@ -175,16 +186,17 @@ fn start_federation(
         store.clone(),
         shutdown.clone(),
     );
-    tasks.spawn(async move {
+    tasks.spawn(links.scope(async move {
         if let Err(e) = amqp::subscriber::run_subscriber(cfg, site, st, handler, stop).await {
+            status::record_error(metrics::LINK_SUBSCRIBE, &e.to_string());
             tracing::error!(error = %e, "subscriber cannot start");
         }
-    });
+    }));
     let stop = shutdown.clone();
     tasks.spawn(async move {
         replayer
             .retry_parked_every(std::time::Duration::from_secs(5), stop)
             .await
     });
-    Ok(())
+    Ok(links)
 }

@@ -212,9 +212,11 @@ pub fn outbox_state(pending: u64, oldest_age: Option<Duration>) {
     gauge!(OUTBOX_OLDEST_AGE).set(oldest_age.map_or(0.0, |d| d.as_secs_f64()));
 }
 
-/// The broker link `link` ([`LINK_PUBLISH`] or [`LINK_SUBSCRIBE`]) went up or down.
+/// The broker link `link` ([`LINK_PUBLISH`] or [`LINK_SUBSCRIBE`]) went up or down. The one
+/// place a link's state is recorded: also updates `/status` (see `crate::status`).
 pub fn broker_link_up(link: &'static str, up: bool) {
     gauge!(BROKER_LINK_UP, "link" => link).set(if up { 1.0 } else { 0.0 });
+    crate::status::record_up(link, up);
 }
 
 pub fn broker_connect_failure(link: &'static str) {
@@ -223,6 +225,7 @@ pub fn broker_connect_failure(link: &'static str) {
 
 pub fn outbox_held(held: usize) {
     gauge!(OUTBOX_HELD).set(held as f64);
+    crate::status::record_held(held);
 }
 
 pub fn published(kind: &'static str) {

@@ -72,6 +72,7 @@ impl Reconnect {
         match result {
             Ok(()) => tracing::warn!(attempt, retry_in = ?delay, "{link} link ended; reconnecting"),
             Err(e) => {
+                crate::status::record_error(link, &e.to_string());
                 tracing::warn!(attempt, retry_in = ?delay, error = %e, "{doing} to the broker failed")
             }
         }
