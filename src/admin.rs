@@ -85,6 +85,9 @@ pub struct Origin {
 
 impl Admin {
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<ProxyBody> {
+        if req.uri().path().starts_with("/dead-letters") {
+            return crate::deadletters::handle(&self.store, req).await;
+        }
         if req.method() != Method::GET && req.method() != Method::HEAD {
             return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n");
         }

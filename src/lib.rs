@@ -10,6 +10,7 @@ pub mod body;
 pub mod capture;
 pub mod change;
 pub mod config;
+pub mod deadletters;
 pub mod learn;
 pub mod metrics;
 pub mod oauth;

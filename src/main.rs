@@ -32,6 +32,71 @@ enum Command {
         #[command(flatten)]
         overrides: Overrides,
     },
+    /// List, retry or drop dead letters (a stopped sidecar's store directly; a running
+    /// sidecar's through its admin listener).
+    DeadLetters {
+        #[command(subcommand)]
+        action: DeadAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum DeadAction {
+    /// Show dead letters (secrets and instance-config XML are never shown).
+    List {
+        #[command(flatten)]
+        common: DeadArgs,
+        /// Most letters shown.
+        #[arg(long, default_value_t = audrey_federation::deadletters::DEFAULT_LIMIT)]
+        limit: usize,
+    },
+    /// Put dead letters back: outbound into the outbox (same message id and order),
+    /// inbound re-parked for the parked-retry timer.
+    Retry {
+        #[command(flatten)]
+        common: DeadArgs,
+        #[command(flatten)]
+        which: Which,
+    },
+    /// Remove dead letters for good, printing each one removed.
+    Drop {
+        #[command(flatten)]
+        common: DeadArgs,
+        #[command(flatten)]
+        which: Which,
+    },
+}
+
+#[derive(clap::Args)]
+struct DeadArgs {
+    /// The TOML configuration file.
+    #[arg(long, env = "AUDREY_FEDERATION_CONFIG")]
+    config: PathBuf,
+    #[command(flatten)]
+    overrides: Overrides,
+    /// Only this direction.
+    #[arg(long, value_enum)]
+    direction: Option<DirectionArg>,
+    /// JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+#[group(required = true, multiple = false)]
+struct Which {
+    /// One dead letter (needs --direction: outbound ids are origin_seq, inbound ids local).
+    #[arg(long)]
+    id: Option<u64>,
+    /// Every dead letter (of --direction, if given).
+    #[arg(long)]
+    all: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DirectionArg {
+    Outbound,
+    Inbound,
 }
 
 #[derive(clap::Args)]
@@ -118,6 +183,7 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::DeadLetters { action } => dead_letters::main(action),
         Command::Run(args) => {
             let cfg = match load(&args.config, args.overrides) {
                 Ok(cfg) => cfg,
@@ -135,6 +201,168 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+mod dead_letters {
+    //! The `dead-letters` subcommand: picks the store or the admin endpoint, prints, exits.
+    use super::*;
+    use audrey_federation::deadletters::{
+        self as dl, remote, DeadLetterError, Direction, Item, Letter, Selector,
+    };
+    use audrey_federation::store::{Store, FILE_NAME};
+
+    enum Target {
+        Local(Store),
+        Remote(SocketAddr),
+    }
+
+    enum Failure {
+        Usage(String),
+        Failed(String),
+    }
+
+    impl From<DeadLetterError> for Failure {
+        fn from(e: DeadLetterError) -> Failure {
+            match e {
+                DeadLetterError::Usage(why) => Failure::Usage(why),
+                other => Failure::Failed(other.to_string()),
+            }
+        }
+    }
+
+    pub(super) fn main(action: DeadAction) -> ExitCode {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                eprintln!("error: cannot start the runtime: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        match runtime.block_on(act(action)) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::FAILURE,
+            Err(Failure::Usage(why)) => {
+                eprintln!("error: {why}");
+                ExitCode::from(2)
+            }
+            Err(Failure::Failed(why)) => {
+                eprintln!("error: {why}");
+                ExitCode::FAILURE
+            }
+        }
+    }
+
+    /// Runs the action; `Ok(false)` when some selected letter was refused or gone.
+    async fn act(action: DeadAction) -> Result<bool, Failure> {
+        let (common, which, limit) = match action {
+            DeadAction::List { common, limit } => (common, None, limit),
+            DeadAction::Retry { common, which } => (common, Some((which, true)), 0),
+            DeadAction::Drop { common, which } => (common, Some((which, false)), 0),
+        };
+        let cfg =
+            load(&common.config, common.overrides).map_err(|e| Failure::Usage(e.to_string()))?;
+        let direction = common.direction.map(|d| match d {
+            DirectionArg::Outbound => Direction::Outbound,
+            DirectionArg::Inbound => Direction::Inbound,
+        });
+        let target = target(&cfg)?;
+        let Some((which, is_retry)) = which else {
+            let letters = match &target {
+                Target::Local(store) => {
+                    dl::list(store, direction, limit).map_err(|e| Failure::Failed(e.to_string()))?
+                }
+                Target::Remote(addr) => remote::list(*addr, direction, limit).await?,
+            };
+            print_letters(&letters, None, common.json);
+            close(target).await;
+            return Ok(true);
+        };
+        let sel = Selector {
+            direction,
+            id: which.id,
+            all: which.all,
+        };
+        sel.validate().map_err(Failure::Usage)?;
+        let result = match (&target, is_retry) {
+            (Target::Local(store), true) => dl::retry(store, &sel).await,
+            (Target::Local(store), false) => dl::drop(store, &sel).await,
+            (Target::Remote(addr), true) => remote::retry(*addr, &sel).await,
+            (Target::Remote(addr), false) => remote::drop(*addr, &sel).await,
+        };
+        close(target).await;
+        let report = result?;
+        let letters: Vec<Letter> = report.items.iter().map(|i| i.letter.clone()).collect();
+        if common.json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&report).unwrap_or_default()
+            );
+        } else if letters.is_empty() {
+            println!("no dead letters selected");
+        } else {
+            print_letters(&letters, Some(&report.items), false);
+        }
+        Ok(report.all_done())
+    }
+
+    /// The store when the sidecar is stopped; its admin listener when it runs (redb locks
+    /// the file while a process holds it open).
+    fn target(cfg: &Config) -> Result<Target, Failure> {
+        let file = cfg.state.dir.join(FILE_NAME);
+        if !file.exists() {
+            return Err(Failure::Failed(format!(
+                "no store at {} (check state.dir)",
+                file.display()
+            )));
+        }
+        match Store::open(&cfg.state.dir, &cfg.site) {
+            Ok(store) => Ok(Target::Local(store)),
+            Err(e) if e.is_locked() => {
+                let mut addr = cfg.admin.listen;
+                if addr.port() == 0 {
+                    return Err(Failure::Usage(format!(
+                        "{} is in use by a running sidecar, and admin.listen has port 0: pass --admin-listen with its admin address",
+                        file.display()
+                    )));
+                }
+                if addr.ip().is_unspecified() {
+                    addr.set_ip(match addr {
+                        SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                        SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+                    });
+                }
+                eprintln!(
+                    "the store is in use by a running sidecar: asking its admin listener at {addr}"
+                );
+                Ok(Target::Remote(addr))
+            }
+            Err(e) => Err(Failure::Failed(e.to_string())),
+        }
+    }
+
+    async fn close(target: Target) {
+        if let Target::Local(store) = target {
+            if let Err(e) = store.close().await {
+                eprintln!("warning: closing the store: {e}");
+            }
+        }
+    }
+
+    fn print_letters(letters: &[Letter], items: Option<&[Item]>, json: bool) {
+        if json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(letters).unwrap_or_default()
+            );
+        } else if letters.is_empty() {
+            println!("no dead letters");
+        } else {
+            print!("{}", dl::render_table(letters, items));
         }
     }
 }

@@ -46,6 +46,11 @@ impl StoreError {
         }
     }
 
+    /// True when the file is locked by another process (a running sidecar holds it).
+    pub fn is_locked(&self) -> bool {
+        matches!(self, StoreError::Open { reason, .. } if reason == ALREADY_OPEN)
+    }
+
     /// True when the failure came from the storage layer (I/O), after which redb refuses
     /// every operation until the file is reopened.
     pub(crate) fn needs_reopen(&self) -> bool {
@@ -80,6 +85,9 @@ impl StoreError {
     }
 }
 
+/// The reason of an `Open` failure when another process holds the file's lock.
+const ALREADY_OPEN: &str = "already open by another process";
+
 /// A short reason: the OS message for I/O errors, redb's own text otherwise.
 pub(crate) fn reason(err: redb::Error) -> String {
     match err {
@@ -87,7 +95,7 @@ pub(crate) fn reason(err: redb::Error) -> String {
         redb::Error::PreviousIo => {
             "an earlier I/O error; the store reopens on the next write".into()
         }
-        redb::Error::DatabaseAlreadyOpen => "already open by another process".into(),
+        redb::Error::DatabaseAlreadyOpen => ALREADY_OPEN.into(),
         redb::Error::Corrupted(what) => format!("database corrupted: {what}"),
         other => other.to_string(),
     }

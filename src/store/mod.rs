@@ -11,6 +11,7 @@
 //! with the OS reason and the file is reopened on the next write, so a disk that recovers
 //! makes writes succeed again.
 
+mod dead;
 mod error;
 mod outbox;
 mod replay;
@@ -24,6 +25,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 use redb::{Database, ReadTransaction, ReadableDatabase};
 use tokio::sync::{mpsc, oneshot};
 
+pub use dead::Requeue;
 pub use error::StoreError;
 pub use tables::{InboundDeadLetter, OriginState, OutboundDeadLetter, ParkedEntry};
 use writer::{Op, Request, Value};

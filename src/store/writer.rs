@@ -15,7 +15,7 @@ use redb::{Database, Durability, ReadableTable, ReadableTableMetadata, WriteTran
 use tokio::sync::{mpsc, oneshot};
 
 use super::tables::{self, CapturedAt};
-use super::{outbox, replay, OrWrite, Shared, StoreError};
+use super::{dead, outbox, replay, OrWrite, Shared, StoreError};
 use crate::change::{Capture, Change};
 
 /// Most ops applied in one transaction.
@@ -54,6 +54,10 @@ pub(crate) enum Op {
         instance: String,
         secret: String,
     },
+    RequeueOutbound(u64),
+    RequeueInbound(u64),
+    DropDeadOutbound(u64),
+    DropDeadInbound(u64),
     /// Nothing to write: asks the writer to reopen the file after a reader saw an I/O error.
     Nop,
     /// Finish the batch, close the file, stop the thread.
@@ -65,6 +69,7 @@ pub(crate) enum Value {
     Change(Box<Change>),
     Flag(bool),
     Count(u64),
+    Requeue(dead::Requeue),
     Unit,
 }
 
@@ -252,6 +257,10 @@ fn apply(txn: &WriteTransaction, shared: &Shared, op: &Op) -> Result<Value, Stor
             replay::remember_secret(txn, instance, secret)?;
             Value::Unit
         }
+        Op::RequeueOutbound(seq) => Value::Requeue(dead::requeue_outbound(txn, *seq)?),
+        Op::RequeueInbound(id) => Value::Requeue(dead::requeue_inbound(txn, *id)?),
+        Op::DropDeadOutbound(seq) => Value::Flag(dead::drop_outbound(txn, *seq)?),
+        Op::DropDeadInbound(id) => Value::Flag(dead::drop_inbound(txn, *id)?),
         Op::Nop | Op::Close => Value::Unit,
     })
 }

@@ -55,15 +55,28 @@ impl Sidecar {
         .arg("run")
         .arg("--config")
         .arg(&config)
-        .env("AUDREY_FEDERATION_LOG", "info,audrey_federation=debug")
+        // `AUDREY_FEDERATION_TEST_LOG` in the test's environment chooses another level.
+        .env(
+            "AUDREY_FEDERATION_LOG",
+            std::env::var("AUDREY_FEDERATION_TEST_LOG")
+                .unwrap_or_else(|_| "info,audrey_federation=debug".into()),
+        )
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log))
         .spawn()
         .expect("spawn audrey-federation");
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();
+        // Every stdout line is also kept in `sidecar.stdout` (see `Sidecar::stdout`).
+        let mut copy = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("sidecar.stdout"))
+            .unwrap();
         std::thread::spawn(move || {
+            use std::io::Write;
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = writeln!(copy, "{line}");
                 let _ = tx.send(line);
             }
         });
@@ -131,6 +144,11 @@ impl Sidecar {
             .find_map(|l| l.strip_prefix("VmHWM:"))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .unwrap()
+    }
+
+    /// Everything the sidecar printed on stdout so far.
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(self.dir.join("sidecar.stdout")).unwrap_or_default()
     }
 
     /// Everything the sidecar logged so far.
