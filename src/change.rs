@@ -5,8 +5,9 @@
 
 use serde::{Deserialize, Serialize};
 
-/// What happened, with what a replay at another site needs to reproduce it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// What happened, with what a replay at another site needs to reproduce it. Its `Debug`
+/// never shows a registration's secret or XML (which holds the secret too).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Event {
     /// `PUT /params/:v/:uuid` answered 200 or 202.
@@ -29,6 +30,34 @@ pub enum Event {
     },
     /// `DELETE /deployment/:v/:deployment` answered 200.
     Deletion,
+}
+
+impl std::fmt::Debug for Event {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Event::Params {
+                audrey_data,
+                values,
+                return_codes,
+            } => f
+                .debug_struct("Params")
+                .field("audrey_data", audrey_data)
+                .field("values", values)
+                .field("return_codes", return_codes)
+                .finish(),
+            Event::Registration {
+                instance_config, ..
+            } => f
+                .debug_struct("Registration")
+                .field(
+                    "instance_config",
+                    &format_args!("<{} bytes>", instance_config.len()),
+                )
+                .field("secret", &format_args!("<redacted>"))
+                .finish(),
+            Event::Deletion => f.write_str("Deletion"),
+        }
+    }
 }
 
 impl Event {
@@ -90,4 +119,23 @@ pub fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Event;
+
+    #[test]
+    fn debug_never_shows_a_secret() {
+        let e = Event::Registration {
+            instance_config: "<instance-config secret='S3cr3t'/>".into(),
+            secret: "S3cr3t".into(),
+        };
+        let shown = format!("{e:?} {e:#?}");
+        assert!(!shown.contains("S3cr3t"), "{shown}");
+        assert!(
+            shown.contains("Registration") && shown.contains("<redacted>"),
+            "{shown}"
+        );
+    }
 }
