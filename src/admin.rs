@@ -233,6 +233,11 @@ impl Admin {
             .oldest_captured_ms()
             .map(|ms| Duration::from_millis(crate::change::now_ms().saturating_sub(ms)));
         crate::metrics::outbox_state(depth, age);
+        crate::metrics::kept_state(
+            self.store.parked_count(),
+            self.store.dead_letter_count(),
+            self.store.inbound_dead_letter_count(),
+        );
     }
 }
 

@@ -21,6 +21,8 @@ pub const CAPTURE_UNKNOWN_DEPLOYMENT: &str = "audrey_federation_capture_unknown_
 pub const OUTBOX_WRITE_ERRORS: &str = "audrey_federation_outbox_write_errors_total";
 pub const OUTBOX_PENDING: &str = "audrey_federation_outbox_pending";
 pub const OUTBOX_OLDEST_AGE: &str = "audrey_federation_outbox_oldest_age_seconds";
+pub const PARKED: &str = "audrey_federation_parked";
+pub const DEAD_LETTERS: &str = "audrey_federation_dead_letters";
 pub const BUILD_INFO: &str = "audrey_federation_build_info";
 pub const BROKER_LINK_UP: &str = "audrey_federation_broker_link_up";
 pub const BROKER_CONNECT_FAILURES: &str = "audrey_federation_broker_connect_failures_total";
@@ -140,6 +142,11 @@ fn describe() {
         HEARTBEATS_RECEIVED,
         "Heartbeats received from the broker, by origin site (own site included)."
     );
+    describe_gauge!(
+        PARKED,
+        "Inbound changes waiting for their instance's registration here."
+    );
+    describe_gauge!(DEAD_LETTERS, "Dead letters kept, by direction (outbound: refused by the broker; inbound: invalid or expired).");
     describe_gauge!(BUILD_INFO, "Always 1; labels carry the version.");
     describe_gauge!(
         BROKER_LINK_UP,
@@ -215,6 +222,13 @@ pub fn outbox_write_error() {
 pub fn outbox_state(pending: u64, oldest_age: Option<Duration>) {
     gauge!(OUTBOX_PENDING).set(pending as f64);
     gauge!(OUTBOX_OLDEST_AGE).set(oldest_age.map_or(0.0, |d| d.as_secs_f64()));
+}
+
+/// Refreshes the parked and dead-letter gauges (before each scrape).
+pub fn kept_state(parked: u64, dead_outbound: u64, dead_inbound: u64) {
+    gauge!(PARKED).set(parked as f64);
+    gauge!(DEAD_LETTERS, "direction" => "outbound").set(dead_outbound as f64);
+    gauge!(DEAD_LETTERS, "direction" => "inbound").set(dead_inbound as f64);
 }
 
 /// The broker link `link` ([`LINK_PUBLISH`] or [`LINK_SUBSCRIBE`]) went up or down. The one

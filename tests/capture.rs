@@ -310,3 +310,64 @@ async fn without_amqp_it_says_it_runs_capture_only() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test]
+async fn sigterm_under_load_finishes_in_flight_requests_and_keeps_their_changes() {
+    const GUESTS: usize = 32;
+    let (up, started) = upstream::echo_counting().await;
+    let dir = tempfile::tempdir().unwrap();
+    let sc = Sidecar::start(
+        dir.path(),
+        &config("a", &format!("http://{up}"), dir.path(), "", ""),
+    );
+    let p = sc.proxy;
+    let mut tasks = Vec::new();
+    for i in 0..GUESTS {
+        tasks.push(tokio::spawn(async move {
+            let mut req = form(
+                "PUT",
+                &format!("/params/2/G{i}"),
+                "audrey_data=%7C%26%7C",
+                200,
+            );
+            req.headers_mut()
+                .insert("x-echo-delay-ms", "400".parse().unwrap());
+            send(p, req).await.0
+        }));
+    }
+    // Every request has reached the upstream (so each is in flight in the sidecar) ...
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while started.load(std::sync::atomic::Ordering::SeqCst) < GUESTS {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "requests did not reach the upstream"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    // ... when SIGTERM arrives: each still gets its answer, and each change is kept.
+    let stopping = tokio::task::spawn_blocking(move || outbox_blocking(sc));
+    for t in tasks {
+        assert_eq!(
+            t.await.unwrap(),
+            200,
+            "an in-flight request lost its answer"
+        );
+    }
+    let got = stopping.await.unwrap();
+    assert_eq!(got, GUESTS, "acknowledged changes missing after SIGTERM");
+}
+
+/// SIGTERM (must exit 0), then count the outbox.
+fn outbox_blocking(mut sc: Sidecar) -> usize {
+    let status = sc.terminate();
+    assert!(status.success(), "SIGTERM exit: {status:?}\n{}", sc.log());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let store = Store::open(&sc.dir.join("state"), "a").unwrap();
+        let n = store.pending(None, 10_000).unwrap().len();
+        store.close().await.unwrap();
+        n
+    })
+}
