@@ -349,36 +349,6 @@ fn report_of(instance: &str, value: &str) -> Capture {
     c
 }
 
-/// Waits until `consumer` at `site` resolves its peer's `ipaddress` to `value`.
-async fn sees(site: &support::site::Site, consumer: &support::client::InstanceXml, value: &str) {
-    use base64::Engine;
-    let want = format!(
-        "peer_ip&{}|",
-        base64::engine::general_purpose::STANDARD.encode(value)
-    );
-    let creds = support::scenario::own(consumer);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    loop {
-        let r = site
-            .client()
-            .get_configs(2, &consumer.uuid, None, &creds)
-            .await
-            .unwrap();
-        if r.status == 200 && r.text().contains(&want) {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{} at {} never saw {value}: {} {}",
-            consumer.uuid,
-            site.name,
-            r.status,
-            r.text()
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-}
-
 /// Through a real federation: an outbound letter retried at A is published and applied at
 /// B; an inbound letter retried at B is re-parked and applied by B's parked-retry timer.
 #[tokio::test]
@@ -412,7 +382,7 @@ async fn retried_letters_flow_through_a_live_federation() {
         .await
         .unwrap();
     assert!(r.status == 200 || r.status == 202, "{r:?}");
-    sees(&b, &i2, "10.0.0.5").await;
+    b.sees(&i2, "10.0.0.5").await;
 
     // Outbound: a change of I1 dead-lettered at A while it was stopped.
     assert!(a.sidecar.terminate().success());
@@ -439,7 +409,7 @@ async fn retried_letters_flow_through_a_live_federation() {
     ];
     let retry = cli(&cfg, &args);
     assert_eq!(retry.code, 0, "{}{}", retry.stdout, retry.stderr);
-    sees(&b, &i2, "10.0.0.99").await;
+    b.sees(&i2, "10.0.0.99").await;
 
     // Inbound: a change from A that B gave up on, retried at a running B.
     assert!(b.sidecar.terminate().success());
@@ -471,7 +441,7 @@ async fn retried_letters_flow_through_a_live_federation() {
     ];
     let repark = cli(&cfg, &args);
     assert_eq!(repark.code, 0, "{}{}", repark.stdout, repark.stderr);
-    sees(&b, &i2, "10.0.0.123").await;
+    b.sees(&i2, "10.0.0.123").await;
     let list = cli(&cfg, &["list", "--admin-listen", &admin]);
     assert_eq!(list.stdout.trim(), "no dead letters", "{}", list.stdout);
     drop(broker);

@@ -10,7 +10,7 @@ use support::broker::{Broker, BrokerOptions};
 use support::certs::CertPaths;
 use support::client::{audrey_data, Client, Creds, InstanceXml, Placement, Response, ServiceXml};
 use support::relay::Relay;
-use support::scenario::{self, own};
+use support::scenario;
 use support::site::{self, Site};
 
 /// One federation test at a time: each runs a broker and several processes.
@@ -66,51 +66,6 @@ async fn metric_reaches(site: &Site, metric: &str, labels: &[&str], at_least: f6
     }
 }
 
-fn b64(s: &str) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD.encode(s)
-}
-
-/// A guest report that must be acknowledged with 200 or 202.
-async fn report(c: &Client, x: &InstanceXml, value: &str) {
-    let r = c
-        .put_params(
-            2,
-            &x.uuid,
-            &x.secret,
-            &audrey_data(&[("ipaddress", value)]),
-            Placement::Header,
-        )
-        .await;
-    let r = r.unwrap_or_else(|e| panic!("{} reports {value}: {e}", x.uuid));
-    assert!(
-        r.status == 200 || r.status == 202,
-        "{} reports {value}: {r:?}",
-        x.uuid
-    );
-}
-
-async fn register(c: &Client, x: &InstanceXml) {
-    let r = c
-        .register(&Site::conductor(), 1, &x.uuid, &x.to_xml())
-        .await
-        .unwrap();
-    assert_eq!(r.status, 200, "register {}: {r:?}", x.uuid);
-}
-
-/// Waits until `consumer`'s configuration at `site` resolves its peer to `value`.
-async fn sees(site: &Site, consumer: &InstanceXml, value: &str) {
-    let c = site.client();
-    let creds = own(consumer);
-    let want = format!("peer_ip&{}|", b64(value));
-    eventually(
-        &format!("{} at {} sees {value}", consumer.uuid, site.name),
-        || c.get_configs(2, &consumer.uuid, None, &creds),
-        |r| r.status == 200 && r.text().contains(&want),
-    )
-    .await;
-}
-
 /// Every change `origin` captured (`captured`, numbered 1..=captured) was applied at `site`
 /// exactly once, and `origin` applied none of its own.
 async fn applied_exactly_once(origin: &mut Site, sites: &mut [&mut Site], captured: u64) {
@@ -150,8 +105,8 @@ async fn i1_at_a_and_i2_at_b_resolve_each_other() {
 
     let (i1, i2) = (scenario::i1(), scenario::i2());
     let (ca, cb) = (a.client(), b.client());
-    register(&ca, &i1).await;
-    register(&cb, &i2).await;
+    a.register(&i1).await;
+    b.register(&i2).await;
     // Each guest reports through its own sidecar, from its own (public) address.
     let r = ca
         .clone()
@@ -237,13 +192,13 @@ async fn three_sites_many_deployments_converge() {
         let home = k % 3;
         let provider = InstanceXml::new(&format!("P{k}"), &format!("D{k}"), &format!("sp{k}"))
             .provides("ipaddress");
-        register(&sites[home].client(), &provider).await;
+        sites[home].register(&provider).await;
         captured[home] += 1;
         let mut consumers = Vec::new();
         for (s, site) in sites.iter().enumerate() {
             let c = InstanceXml::new(&format!("C{k}-{s}"), &format!("D{k}"), &format!("sc{k}{s}"))
                 .service(ServiceXml::new("svc").reference("peer_ip", &provider.uuid, "ipaddress"));
-            register(&site.client(), &c).await;
+            site.register(&c).await;
             captured[s] += 1;
             consumers.push(c);
         }
@@ -252,18 +207,17 @@ async fn three_sites_many_deployments_converge() {
     // A stream of reports, interleaved across deployments and sites.
     for round in 1..=REPORTS {
         for (k, (home, provider, _)) in plan.iter().enumerate() {
-            report(
-                &sites[*home].client(),
-                provider,
-                &format!("10.{k}.0.{round}"),
-            )
-            .await;
+            sites[*home]
+                .report(provider, &format!("10.{k}.0.{round}"))
+                .await;
             captured[*home] += 1;
         }
     }
     for (k, (_, _, consumers)) in plan.iter().enumerate() {
         for (s, consumer) in consumers.iter().enumerate() {
-            sees(&sites[s], consumer, &format!("10.{k}.0.{REPORTS}")).await;
+            sites[s]
+                .sees(consumer, &format!("10.{k}.0.{REPORTS}"))
+                .await;
         }
     }
     // Exactly once, no echo: every site's durable replay state, per origin.
@@ -298,8 +252,8 @@ async fn three_sites_many_deployments_converge() {
 /// I1 registered at A and reporting values 1..=n; I2 at B referencing it.
 async fn stream_setup(a: &Site, b: &Site) -> (InstanceXml, InstanceXml) {
     let (i1, i2) = (scenario::i1(), scenario::i2());
-    register(&a.client(), &i1).await;
-    register(&b.client(), &i2).await;
+    a.register(&i1).await;
+    b.register(&i2).await;
     (i1, i2)
 }
 
@@ -312,14 +266,14 @@ async fn broker_stopped_while_guests_report_loses_nothing() {
     let mut b = Site::start("site-b", &broker.amqps_url(), &certs, &dir.path().join("b"));
     let (i1, i2) = stream_setup(&a, &b).await;
     for v in 1..=10 {
-        report(&a.client(), &i1, &format!("10.0.0.{v}")).await;
+        a.report(&i1, &format!("10.0.0.{v}")).await;
     }
-    sees(&b, &i2, "10.0.0.10").await;
+    b.sees(&i2, "10.0.0.10").await;
 
     broker.stop();
     // Guests keep reporting: the proxy keeps answering and the outbox keeps everything.
     for v in 11..=30 {
-        report(&a.client(), &i1, &format!("10.0.0.{v}")).await;
+        a.report(&i1, &format!("10.0.0.{v}")).await;
     }
     assert!(
         a.metric("audrey_federation_broker_link_up", &["link=\"publish\""])
@@ -327,7 +281,7 @@ async fn broker_stopped_while_guests_report_loses_nothing() {
             == 0.0
     );
     broker.start_again();
-    sees(&b, &i2, "10.0.0.30").await;
+    b.sees(&i2, "10.0.0.30").await;
     // A captured I1's registration and 30 reports.
     applied_exactly_once(&mut a, &mut [&mut b], 31).await;
 }
@@ -341,7 +295,7 @@ async fn sidecars_killed_mid_stream_lose_nothing_and_keep_order() {
     let mut b = Site::start("site-b", &broker.amqps_url(), &certs, &dir.path().join("b"));
     let (i1, i2) = stream_setup(&a, &b).await;
     for v in 1..=40 {
-        report(&a.client(), &i1, &format!("10.0.0.{v}")).await;
+        a.report(&i1, &format!("10.0.0.{v}")).await;
         if v == 15 {
             // The origin dies with changes still in its outbox or in flight.
             a.kill_and_restart_sidecar();
@@ -359,7 +313,7 @@ async fn sidecars_killed_mid_stream_lose_nothing_and_keep_order() {
         }
     }
     // In order: the last value wins at B, never an earlier one left behind.
-    sees(&b, &i2, "10.0.0.40").await;
+    b.sees(&i2, "10.0.0.40").await;
     applied_exactly_once(&mut a, &mut [&mut b], 41).await;
 }
 
@@ -381,17 +335,17 @@ async fn local_server_down_at_b_then_applied_once_back() {
         "",
     );
     let (i1, i2) = stream_setup(&a, &b).await;
-    report(&a.client(), &i1, "10.0.0.1").await;
-    sees(&b, &i2, "10.0.0.1").await;
+    a.report(&i1, "10.0.0.1").await;
+    b.sees(&i2, "10.0.0.1").await;
 
     relay.down().await;
     for v in 2..=10 {
-        report(&a.client(), &i1, &format!("10.0.0.{v}")).await;
+        a.report(&i1, &format!("10.0.0.{v}")).await;
     }
     // B cannot apply while its server is away: it retries, keeping the order.
     metric_reaches(&b, "audrey_federation_replay_errors_total", &[], 1.0).await;
     relay.up();
-    sees(&b, &i2, "10.0.0.10").await;
+    b.sees(&i2, "10.0.0.10").await;
     applied_exactly_once(&mut a, &mut [&mut b], 11).await;
 }
 
@@ -458,8 +412,8 @@ async fn refused_identities_are_logged_retried_and_the_proxy_keeps_serving() {
         );
         // Meanwhile guests are served and their changes kept for later.
         let x = scenario::i1();
-        register(&s.client(), &x).await;
-        report(&s.client(), &x, "10.0.0.5").await;
+        s.register(&x).await;
+        s.report(&x, "10.0.0.5").await;
         assert_eq!(
             s.metric("audrey_federation_captured_total", &[]).await,
             2.0,
@@ -477,7 +431,10 @@ async fn an_instance_registered_before_the_sidecar_is_learnt_parked_then_applied
     // sidecar saw it, only the server's storage (deployables/D1/I1) knows its deployment.
     let server_a = Site::emulator();
     let i1 = scenario::i1();
-    register(&Client::new(server_a.addr()), &i1).await;
+    let r = Client::new(server_a.addr())
+        .register(&Site::conductor(), 1, "I1", &i1.to_xml())
+        .await;
+    assert_eq!(r.unwrap().status, 200);
     let storage = format!(
         "upstream_storage_dir = \"{}\"",
         server_a.storage_dir().display()
@@ -493,11 +450,11 @@ async fn an_instance_registered_before_the_sidecar_is_learnt_parked_then_applied
     );
     let b = Site::start("site-b", &broker.amqps_url(), &certs, &dir.path().join("b"));
     let i2 = scenario::i2();
-    register(&b.client(), &i2).await;
+    b.register(&i2).await;
 
     // The report is published once A learnt I1's deployment, and reaches B before any
     // registration of I1 there: B parks it.
-    report(&a.client(), &i1, "10.0.0.5").await;
+    a.report(&i1, "10.0.0.5").await;
     metric_reaches(
         &b,
         "audrey_federation_parked_total",
@@ -512,8 +469,8 @@ async fn an_instance_registered_before_the_sidecar_is_learnt_parked_then_applied
     );
 
     // Conductor registers I1 at B too: the parked change is applied.
-    register(&b.client(), &i1).await;
-    sees(&b, &i2, "10.0.0.5").await;
+    b.register(&i1).await;
+    b.sees(&i2, "10.0.0.5").await;
     metric_reaches(
         &b,
         "audrey_federation_applied_total",

@@ -5,15 +5,18 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use audrey_federation::store::{OriginState, Store};
 
 use super::certs::CertPaths;
-use super::client::{exchange, Client, Creds};
+use super::client::{audrey_data, exchange, Client, Creds, InstanceXml, Placement};
 use super::emulator::Emulator;
 use super::sidecar::{config, Sidecar};
 
 pub const CONDUCTOR: (&str, &str) = ("conductor", "c0nduct0r");
+/// How long [`Site::sees`] waits for a value to arrive.
+pub const SEES_LIMIT: Duration = Duration::from_secs(60);
 
 pub struct Site {
     pub name: String,
@@ -105,6 +108,63 @@ impl Site {
 
     pub fn conductor() -> Creds {
         Creds::new(CONDUCTOR.0, CONDUCTOR.1)
+    }
+
+    /// Conductor registers `x` through this site's sidecar (must answer 200).
+    pub async fn register(&self, x: &InstanceXml) {
+        let r = self
+            .client()
+            .register(&Site::conductor(), 1, &x.uuid, &x.to_xml())
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200, "register {} at {}: {r:?}", x.uuid, self.name);
+    }
+
+    /// Guest `x` reports `ipaddress = value` through this site's sidecar (200 or 202).
+    pub async fn report(&self, x: &InstanceXml, value: &str) {
+        let data = audrey_data(&[("ipaddress", value)]);
+        let r = self
+            .client()
+            .put_params(2, &x.uuid, &x.secret, &data, Placement::Header)
+            .await;
+        let r = r.unwrap_or_else(|e| panic!("{} reports {value} at {}: {e}", x.uuid, self.name));
+        assert!(
+            r.status == 200 || r.status == 202,
+            "{} reports {value} at {}: {r:?}",
+            x.uuid,
+            self.name
+        );
+    }
+
+    /// Waits (at most [`SEES_LIMIT`]) until `consumer`'s configuration here resolves its
+    /// `peer_ip` reference to `value`.
+    pub async fn sees(&self, consumer: &InstanceXml, value: &str) {
+        use base64::Engine;
+        let want = format!(
+            "peer_ip&{}|",
+            base64::engine::general_purpose::STANDARD.encode(value)
+        );
+        let creds = Creds::new(&consumer.uuid, &consumer.secret);
+        let c = self.client();
+        let deadline = Instant::now() + SEES_LIMIT;
+        loop {
+            let r = c
+                .get_configs(2, &consumer.uuid, None, &creds)
+                .await
+                .unwrap();
+            if r.status == 200 && r.text().contains(&want) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} at {} never saw {value}: {} {}",
+                consumer.uuid,
+                self.name,
+                r.status,
+                r.text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// SIGKILLs the sidecar and starts it again on the same config and state (new ports).
