@@ -25,7 +25,10 @@ struct Cli {
 enum Command {
     /// Run the sidecar.
     Run(RunArgs),
-    /// Validate the configuration file without serving.
+    /// The operator's first command: checks the configuration, the upstream (really an
+    /// Audrey Config Server), the state directory, certificate and key files (expiry), the
+    /// broker (a real connect with the configured certificate) and this site's queue. One
+    /// `OK …` or `FAIL …` line each; exit 0 only when all are OK (2: the config is invalid).
     Check {
         #[arg(long, env = "AUDREY_FEDERATION_CONFIG")]
         config: PathBuf,
@@ -171,15 +174,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config, overrides } => match load(&config, overrides) {
-            Ok(cfg) => {
-                println!(
-                    "config OK: site {:?}, proxy {} -> {}",
-                    cfg.site, cfg.proxy.listen, cfg.proxy.upstream
-                );
-                ExitCode::SUCCESS
-            }
+            Ok(cfg) => check(&cfg),
             Err(e) => {
-                eprintln!("error: {e}");
+                println!("FAIL config {}: {e}", config.display());
                 ExitCode::from(2)
             }
         },
@@ -364,6 +361,27 @@ mod dead_letters {
         } else {
             print!("{}", dl::render_table(letters, items));
         }
+    }
+}
+
+/// Runs `check` on a valid configuration and prints one line per check.
+fn check(cfg: &Config) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let report = runtime.block_on(audrey_federation::check::run(cfg));
+    print!("{report}");
+    if report.all_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 
