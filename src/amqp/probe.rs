@@ -76,6 +76,15 @@ pub async fn probe_subscribe_source(cfg: &AmqpConfig, site: &str) -> Result<Stri
 fn classify(address: &str, reason: String) -> ProbeError {
     let lower = reason.to_ascii_lowercase();
     if lower.contains("not-found") || lower.contains("notfound") || lower.contains("not_found") {
+        // Keep the broker's own words ("NOT_FOUND - no queue 'x' in vhost '/'") when present.
+        let reason = match reason.find("NOT_FOUND - ") {
+            Some(at) => reason[at..]
+                .split('"')
+                .next()
+                .unwrap_or(&reason[at..])
+                .to_owned(),
+            None => reason,
+        };
         ProbeError::NotFound {
             address: address.to_owned(),
             reason,
