@@ -32,6 +32,9 @@ enum Command {
     Check {
         #[arg(long, env = "AUDREY_FEDERATION_CONFIG")]
         config: PathBuf,
+        /// Only parse and validate the configuration (no network, no files but the config).
+        #[arg(long)]
+        config_only: bool,
         #[command(flatten)]
         overrides: Overrides,
     },
@@ -173,10 +176,22 @@ fn load(
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { config, overrides } => match load(&config, overrides) {
+        Command::Check {
+            config,
+            config_only,
+            overrides,
+        } => match load(&config, overrides) {
+            Ok(cfg) if config_only => {
+                println!(
+                    "OK config: site {:?}, proxy {} -> {}",
+                    cfg.site, cfg.proxy.listen, cfg.proxy.upstream
+                );
+                ExitCode::SUCCESS
+            }
             Ok(cfg) => check(&cfg),
             Err(e) => {
                 println!("FAIL config {}: {e}", config.display());
+                eprintln!("error: {e}");
                 ExitCode::from(2)
             }
         },

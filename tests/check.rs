@@ -308,3 +308,64 @@ fn issue_expired(pki: &Path, work: &Path) -> std::path::PathBuf {
 fn s(p: &Path) -> &str {
     p.to_str().expect("utf-8 temp path")
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn store_held_by_a_running_sidecar_is_not_taken() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "site-a", "http://127.0.0.1:1", None);
+    // This process holds the store as a running sidecar would.
+    let store = audrey_federation::store::Store::open(&dir.path().join("state"), "site-a").unwrap();
+    let cfg2 = cfg.clone();
+    let (_, out) = tokio::task::spawn_blocking(move || check(&cfg2))
+        .await
+        .unwrap();
+    assert!(
+        line(&out, "OK", "state dir")
+            .contains("in use by a running sidecar; the directory is writable"),
+        "{out}"
+    );
+    store
+        .probe_writable()
+        .await
+        .expect("the holder's store still works");
+    store.close().await.unwrap();
+    // Stopped: the store itself is opened and written.
+    let (_, out) = tokio::task::spawn_blocking(move || check(&cfg))
+        .await
+        .unwrap();
+    assert!(
+        line(&out, "OK", "state dir").contains("takes a durable write"),
+        "{out}"
+    );
+}
+
+#[test]
+fn certificate_near_expiry_is_ok_with_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path().join("pki");
+    let out = Command::new("bash")
+        .arg(support::certs::script())
+        .arg(&pki)
+        .arg("site-a")
+        .env("CERT_DAYS", "10")
+        .output()
+        .expect("gen-certs.sh");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let amqp = amqp_lines(
+        &closed_amqps(),
+        &pki.join("ca.pem"),
+        &pki.join("site-a.pem"),
+        &pki.join("site-a.key"),
+    );
+    let cfg = write_config(dir.path(), "site-a", "http://127.0.0.1:1", Some(&amqp));
+    let (_, out) = check(&cfg);
+    let ok = line(&out, "OK", "amqp.cert");
+    assert!(
+        ok.contains("days) WARNING: under 30 days left") && ok.contains("\"CN=site-a\""),
+        "{out}"
+    );
+}
