@@ -9,6 +9,7 @@ pub mod amqp;
 pub mod body;
 pub mod capture;
 pub mod change;
+pub mod check;
 pub mod config;
 pub mod deadletters;
 pub mod learn;

@@ -25,10 +25,16 @@ struct Cli {
 enum Command {
     /// Run the sidecar.
     Run(RunArgs),
-    /// Validate the configuration file without serving.
+    /// The operator's first command: checks the configuration, the upstream (really an
+    /// Audrey Config Server), the state directory, certificate and key files (expiry), the
+    /// broker (a real connect with the configured certificate) and this site's queue. One
+    /// `OK …` or `FAIL …` line each; exit 0 only when all are OK (2: the config is invalid).
     Check {
         #[arg(long, env = "AUDREY_FEDERATION_CONFIG")]
         config: PathBuf,
+        /// Only parse and validate the configuration (no network, no files but the config).
+        #[arg(long)]
+        config_only: bool,
         #[command(flatten)]
         overrides: Overrides,
     },
@@ -170,15 +176,21 @@ fn load(
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { config, overrides } => match load(&config, overrides) {
-            Ok(cfg) => {
+        Command::Check {
+            config,
+            config_only,
+            overrides,
+        } => match load(&config, overrides) {
+            Ok(cfg) if config_only => {
                 println!(
-                    "config OK: site {:?}, proxy {} -> {}",
+                    "OK config: site {:?}, proxy {} -> {}",
                     cfg.site, cfg.proxy.listen, cfg.proxy.upstream
                 );
                 ExitCode::SUCCESS
             }
+            Ok(cfg) => check(&cfg),
             Err(e) => {
+                println!("FAIL config {}: {e}", config.display());
                 eprintln!("error: {e}");
                 ExitCode::from(2)
             }
@@ -364,6 +376,27 @@ mod dead_letters {
         } else {
             print!("{}", dl::render_table(letters, items));
         }
+    }
+}
+
+/// Runs `check` on a valid configuration and prints one line per check.
+fn check(cfg: &Config) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let report = runtime.block_on(audrey_federation::check::run(cfg));
+    print!("{report}");
+    if report.all_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 

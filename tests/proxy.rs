@@ -221,7 +221,7 @@ fn config_errors_name_the_key_and_exit_non_zero() {
     let good = dir.path().join("good.toml");
     std::fs::write(&good, "site = \"a\"\n").unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_audrey-federation"))
-        .args(["check", "--config"])
+        .args(["check", "--config-only", "--config"])
         .arg(&good)
         .output()
         .unwrap();

@@ -10,6 +10,7 @@ pub mod codec;
 pub mod connection;
 pub mod error;
 mod link;
+pub mod probe;
 pub mod publisher;
 mod sasl;
 pub mod subscriber;
