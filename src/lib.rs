@@ -20,6 +20,7 @@ pub mod replay;
 pub mod serve;
 pub mod status;
 pub mod store;
+pub mod systemd;
 pub mod tls;
 pub mod wire;
 
@@ -124,8 +125,22 @@ pub async fn run(
         admin_stop.clone(),
         std::time::Duration::from_secs(1),
     ));
+    if let Some(every) = systemd::watchdog_interval() {
+        tokio::spawn(systemd::watchdog(every, admin_stop.clone()));
+    }
+    systemd::ready(&format!(
+        "site {}: proxying to {}, {}",
+        config.site,
+        config.proxy.upstream,
+        if config.amqp.is_some() {
+            "federating"
+        } else {
+            "capturing only (no [amqp])"
+        }
+    ));
     tasks.close();
     shutdown.cancelled().await;
+    systemd::stopping();
     if tokio::time::timeout(drain, tasks.wait()).await.is_err() {
         tracing::warn!(drain_timeout = ?drain, "drain deadline reached; stopping what is left");
         deadline.cancel();

@@ -14,7 +14,13 @@ use tokio_util::sync::CancellationToken;
 #[command(
     name = "audrey-federation",
     version,
-    about = "Federates unmodified Audrey Config Servers over AMQP 1.0"
+    about = "Federates unmodified Audrey Config Servers over AMQP 1.0",
+    long_about = "A sidecar in front of an unmodified Audrey Config Server (Aeolus). It takes the \
+server's port, forwards every request unchanged, records each change (PUT /params, POST /configs, \
+DELETE /deployment) durably before the client is answered, publishes it to a per-deployment \
+AMQP 1.0 topic over mutual TLS, and replays other sites' changes to its own server as \
+OAuth-signed requests.\n\nStart with `audrey-federation check --config FILE`, then \
+`audrey-federation run --config FILE` (or the systemd unit)."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -30,6 +36,7 @@ enum Command {
     /// broker (a real connect with the configured certificate) and this site's queue. One
     /// `OK …` or `FAIL …` line each; exit 0 only when all are OK (2: the config is invalid).
     Check {
+        /// The TOML configuration file.
         #[arg(long, env = "AUDREY_FEDERATION_CONFIG")]
         config: PathBuf,
         /// Only parse and validate the configuration (no network, no files but the config).
@@ -38,6 +45,8 @@ enum Command {
         #[command(flatten)]
         overrides: Overrides,
     },
+    /// Print this manual page (roff) to standard output: `audrey-federation man | man -l -`.
+    Man,
     /// List, retry or drop dead letters (a stopped sidecar's store directly; a running
     /// sidecar's through its admin listener).
     DeadLetters {
@@ -135,6 +144,12 @@ struct Overrides {
     /// Overrides `state.dir`.
     #[arg(long, env = "AUDREY_FEDERATION_STATE_DIR")]
     state_dir: Option<PathBuf>,
+    /// Overrides `proxy.tls_cert` (TLS on the listener, with `--proxy-tls-key`).
+    #[arg(long, env = "AUDREY_FEDERATION_PROXY_TLS_CERT")]
+    proxy_tls_cert: Option<PathBuf>,
+    /// Overrides `proxy.tls_key`.
+    #[arg(long, env = "AUDREY_FEDERATION_PROXY_TLS_KEY")]
+    proxy_tls_key: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -159,6 +174,12 @@ impl Overrides {
         }
         if let Some(v) = self.state_dir {
             cfg.state.dir = v;
+        }
+        if let Some(v) = self.proxy_tls_cert {
+            cfg.proxy.tls_cert = Some(v);
+        }
+        if let Some(v) = self.proxy_tls_key {
+            cfg.proxy.tls_key = Some(v);
         }
     }
 }
@@ -196,6 +217,13 @@ fn main() -> ExitCode {
             }
         },
         Command::DeadLetters { action } => dead_letters::main(action),
+        Command::Man => match man::render(&mut std::io::stdout().lock()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: cannot write the manual page: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Run(args) => {
             let cfg = match load(&args.config, args.overrides) {
                 Ok(cfg) => cfg,
@@ -213,6 +241,120 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+mod man {
+    //! `audrey-federation man`: the manual page, made from the same clap definitions as
+    //! `--help` (so the two cannot disagree) plus the sections clap has no place for.
+    use super::Cli;
+    use clap::CommandFactory;
+    use std::io::Write;
+
+    /// Sections after the commands: files, signals, environment, exit status.
+    const TAIL: &str = r#".SH FILES
+.TP
+\fI/etc/audrey-federation/config.toml\fR
+The configuration (TOML; unknown keys are refused, each error names its key). The package's
+copy is commented key by key.
+.TP
+\fI/var/lib/audrey-federation/\fR
+State: the outbox, replay high-water marks, parked changes and dead letters (redb). Back it up
+with the service stopped; never share it between two running sidecars.
+.TP
+\fI/usr/lib/systemd/system/audrey-federation.service\fR
+The hardened unit (Type=notify).
+.SH SIGNALS
+.TP
+\fBSIGTERM\fR, \fBSIGINT\fR
+Stop accepting, answer in-flight requests, publish what is left in the outbox until it is empty
+or \fIshutdown.drain_timeout\fR passes, exit 0.
+.TP
+\fBSIGHUP\fR
+Re-read certificate files: the listener's at its next TLS handshake, the broker client's at its
+next connection. The configuration file needs a restart. \fBsystemctl reload\fR sends it.
+.SH SYSTEMD
+Under systemd (\fB$NOTIFY_SOCKET\fR set) the sidecar sends READY=1 once its listeners accept
+and its store is open, RELOADING=1/READY=1 around SIGHUP, STOPPING=1 when it drains, and
+WATCHDOG=1 at half of \fBWatchdogSec=\fR.
+.SH EXIT STATUS
+0 on success (run: after a clean drain; check: every line OK); 1 on a failure; 2 when the
+configuration is invalid or the command line is wrong.
+.SH SEE ALSO
+\fI/usr/share/doc/audrey-federation/install.md\fR (installing beside or in place of Apache,
+rollback), the metrics at \fBhttp://\fIadmin.listen\fB/metrics\fR, \fBsystemctl\fR(1).
+"#;
+
+    pub(super) fn render(out: &mut dyn Write) -> std::io::Result<()> {
+        let cmd = Cli::command();
+        let page = clap_mangen::Man::new(cmd.clone()).manual("audrey-federation manual");
+        page.render_title(out)?;
+        page.render_name_section(out)?;
+        page.render_synopsis_section(out)?;
+        page.render_description_section(out)?;
+        for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+            let name = format!("{} {}", cmd.get_name(), sub.get_name());
+            writeln!(out, ".SH \"{}\"", name.to_uppercase())?;
+            let sub = sub.clone().bin_name(name);
+            let page = clap_mangen::Man::new(sub.clone());
+            page.render_synopsis_section(&mut Section(out))?;
+            page.render_description_section(&mut Section(out))?;
+            page.render_options_section(&mut Section(out))?;
+            for action in sub.get_subcommands().filter(|s| !s.is_hide_set()) {
+                let about = action
+                    .get_about()
+                    .map(|a| a.to_string())
+                    .unwrap_or_default();
+                writeln!(
+                    out,
+                    ".TP\n\\fB{}\\fR\n{}",
+                    action.get_name(),
+                    about.replace('\n', " ")
+                )?;
+            }
+        }
+        environment(&cmd, out)?;
+        out.write_all(TAIL.as_bytes())?;
+        page.render_version_section(out)
+    }
+
+    /// Every variable a flag reads (each overrides the file), then the log filter.
+    fn environment(cmd: &clap::Command, out: &mut dyn Write) -> std::io::Result<()> {
+        writeln!(out, ".SH ENVIRONMENT")?;
+        let mut seen = std::collections::BTreeMap::new();
+        for sub in cmd.get_subcommands() {
+            for arg in sub.get_arguments() {
+                if let (Some(env), Some(long)) = (arg.get_env(), arg.get_long()) {
+                    seen.insert(env.to_string_lossy().into_owned(), long.to_string());
+                }
+            }
+        }
+        for (env, long) in seen {
+            writeln!(out, ".TP\n\\fB{env}\\fR\nAs \\fB--{long}\\fR.")?;
+        }
+        writeln!(
+            out,
+            ".TP\n\\fBAUDREY_FEDERATION_LOG\\fR\nThe log filter (default \\fBinfo\\fR; e.g. \\fBaudrey_federation=debug\\fR)."
+        )
+    }
+
+    /// Drops a rendered section's `.SH` line, so a command's parts sit under its heading.
+    struct Section<'a>(&'a mut dyn Write);
+
+    impl Write for Section<'_> {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let text = String::from_utf8_lossy(buf);
+            let kept: String = text
+                .split_inclusive('\n')
+                .filter(|line| !line.starts_with(".SH "))
+                .collect();
+            self.0.write_all(kept.as_bytes())?;
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            self.0.flush()
         }
     }
 }
@@ -442,14 +584,27 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Returns at SIGTERM or SIGINT. SIGHUP (`systemctl reload`) re-reads certificate files:
+/// the listener's at its next handshake, the broker client's at its next connection (it
+/// does so at every connection anyway); the configuration file needs a restart.
 async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
+    let (Ok(mut term), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) else {
+        return std::future::pending().await;
     };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+    loop {
+        tokio::select! {
+            _ = term.recv() => return,
+            _ = tokio::signal::ctrl_c() => return,
+            _ = hup.recv() => {
+                audrey_federation::systemd::reloading();
+                audrey_federation::tls::reload_now();
+                tracing::info!("SIGHUP: certificate files are re-read at the next TLS handshake or broker connection; configuration changes need a restart");
+                audrey_federation::systemd::ready("reloaded certificates");
+            }
+        }
     }
 }

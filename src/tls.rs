@@ -3,10 +3,11 @@
 //!
 //! Owns file loading and its errors (each naming the file), and [`ReloadingCert`], the
 //! certificate resolver that looks at the files at most every [`CHECK_EVERY`] during a
-//! handshake and swaps in a changed pair, or keeps serving the last good one and logs once why
-//! the new files were refused. It must not know about AMQP client TLS; `amqp::tls` has its own.
+//! handshake (at once after [`reload_now`]) and swaps in a changed pair, or keeps serving the
+//! last good one and logs once why the new files were refused. It must not know about AMQP client TLS; `amqp::tls` has its own.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,6 +20,15 @@ use sha1::{Digest, Sha1};
 
 /// How often a handshake may look at the certificate and key files for a change.
 pub const CHECK_EVERY: Duration = Duration::from_secs(2);
+
+/// Bumped by [`reload_now`]; a resolver that sees a new value looks at its files at once.
+static RELOAD: AtomicU64 = AtomicU64::new(0);
+
+/// Makes every listener look at its certificate files at its next handshake, without
+/// waiting for [`CHECK_EVERY`] (SIGHUP, `systemctl reload`).
+pub fn reload_now() {
+    RELOAD.fetch_add(1, Ordering::Relaxed);
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -63,6 +73,8 @@ struct State {
     /// SHA-1 over both files' contents when `current` was loaded, or when they were refused.
     seen: [u8; 20],
     checked: Instant,
+    /// The [`RELOAD`] value at the last look.
+    generation: u64,
 }
 
 impl ReloadingCert {
@@ -82,6 +94,7 @@ impl ReloadingCert {
                 current,
                 seen,
                 checked: Instant::now(),
+                generation: RELOAD.load(Ordering::Relaxed),
             }),
         })
     }
@@ -89,8 +102,10 @@ impl ReloadingCert {
     /// The certified key to serve, after looking at the files if [`CHECK_EVERY`] has passed.
     pub fn current(&self) -> Arc<CertifiedKey> {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if state.checked.elapsed() >= CHECK_EVERY {
+        let generation = RELOAD.load(Ordering::Relaxed);
+        if state.checked.elapsed() >= CHECK_EVERY || state.generation != generation {
             state.checked = Instant::now();
+            state.generation = generation;
             let (seen, loaded) = read_pair(&self.cert, &self.key, &self.provider);
             if seen != state.seen {
                 state.seen = seen;
@@ -219,5 +234,35 @@ mod tests {
             .err()
             .expect("someone else's key");
         assert!(matches!(err, TlsError::Config { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn reload_now_makes_the_next_handshake_look_at_the_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (one, two) = (tmp.path().join("1"), tmp.path().join("2"));
+        pki(&one);
+        pki(&two);
+        let (cert, key) = (tmp.path().join("tls.pem"), tmp.path().join("tls.key"));
+        std::fs::copy(one.join("server.pem"), &cert).unwrap();
+        std::fs::copy(one.join("server.key"), &key).unwrap();
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let resolver = ReloadingCert::load(&cert, &key, provider).unwrap();
+        let first = resolver.current().cert[0].clone();
+
+        std::fs::copy(two.join("server.pem"), &cert).unwrap();
+        std::fs::copy(two.join("server.key"), &key).unwrap();
+        let started = Instant::now();
+        let unprompted = resolver.current().cert[0].clone();
+        reload_now();
+        let prompted = resolver.current().cert[0].clone();
+        if started.elapsed() < CHECK_EVERY {
+            assert_eq!(
+                unprompted, first,
+                "looked before CHECK_EVERY without a reload"
+            );
+        }
+        assert_ne!(prompted, first, "reload_now must make it look at once");
+        let new = CertificateDer::from_pem_file(two.join("server.pem")).unwrap();
+        assert_eq!(prompted, new);
     }
 }

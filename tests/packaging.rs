@@ -9,6 +9,9 @@ use std::process::Command;
 
 const UNIT: &str = "usr/lib/systemd/system/audrey-federation.service";
 
+const TAKEOVER: &str = "usr/sbin/audrey-federation-takeover";
+const MAN: &str = "usr/share/man/man1/audrey-federation.1";
+
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -56,6 +59,58 @@ fn build_deb(out: &Path) -> PathBuf {
         .expect("a .deb was written")
 }
 
+/// The committed manual page is what the binary prints; `man` renders it without warnings.
+#[test]
+fn manual_page_is_current_and_renders() {
+    let committed = std::fs::read_to_string(root().join("packaging/audrey-federation.1")).unwrap();
+    let printed = run(Command::new(env!("CARGO_BIN_EXE_audrey-federation")).arg("man"));
+    assert!(
+        committed == printed,
+        "packaging/audrey-federation.1 is stale: run `cargo run -- man > packaging/audrey-federation.1`"
+    );
+    for section in [
+        "AUDREY-FEDERATION RUN",
+        "AUDREY-FEDERATION CHECK",
+        "FILES",
+        "SIGNALS",
+        "ENVIRONMENT",
+    ] {
+        assert!(
+            printed.contains(&format!(".SH \"{section}\""))
+                || printed.contains(&format!(".SH {section}\n")),
+            "{section} missing"
+        );
+    }
+    assert!(
+        printed.contains("AUDREY_FEDERATION_PROXY_TLS_CERT"),
+        "every flag's variable is listed"
+    );
+    if Path::new("/usr/bin/man").exists() {
+        let out = Command::new("man")
+            .args(["--warnings", "-l", "-Tutf8"])
+            .arg(root().join("packaging/audrey-federation.1"))
+            .env("MANWIDTH", "80")
+            .output()
+            .expect("man");
+        assert!(out.status.success(), "{out:?}");
+        assert!(
+            out.stderr.is_empty(),
+            "man warnings: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // Undo overstrike (bold is `c\x08c`, underline `_\x08c`).
+        let mut text = String::new();
+        for c in String::from_utf8_lossy(&out.stdout).chars() {
+            if c == '\u{8}' {
+                text.pop();
+            } else {
+                text.push(c);
+            }
+        }
+        assert!(text.contains("--proxy-listen <PROXY_LISTEN>"), "{text}");
+    }
+}
+
 #[test]
 fn deb_ships_binary_config_unit_and_creates_the_user() {
     let tmp = tempfile::tempdir().unwrap();
@@ -67,6 +122,8 @@ fn deb_ships_binary_config_unit_and_creates_the_user() {
         "etc/audrey-federation/config.toml",
         UNIT,
         "usr/share/doc/audrey-federation/install.md",
+        MAN,
+        TAKEOVER,
     ] {
         assert!(listing.contains(path), "{path} missing from:\n{listing}");
     }
@@ -86,11 +143,22 @@ fn deb_ships_binary_config_unit_and_creates_the_user() {
     let binary = sysroot.join("usr/bin/audrey-federation");
     let help = run(Command::new(&binary).arg("check").arg("--help"));
     assert!(help.contains("--config"), "{help}");
+    let takeover = sysroot.join(TAKEOVER);
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(
+        std::fs::metadata(&takeover).unwrap().permissions().mode() & 0o777,
+        0o755
+    );
+    let usage = run(Command::new(&takeover).arg("--help"));
+    assert!(usage.contains("rollback behind-apache"), "{usage}");
 
     // The unit as shipped, pointed at the unpacked binary (the host has none at /usr/bin).
     let unit = std::fs::read_to_string(sysroot.join(UNIT)).unwrap();
     for directive in [
-        "Type=exec",
+        "Type=notify",
+        "NotifyAccess=main",
+        "WatchdogSec=30s",
+        "ExecReload=/bin/kill -HUP $MAINPID",
         "User=audrey-federation",
         "ExecStart=/usr/bin/audrey-federation run --config /etc/audrey-federation/config.toml",
         "ProtectSystem=strict",
@@ -205,6 +273,8 @@ fn rpm_lists_the_same_files() {
             "/usr/bin/audrey-federation",
             "/etc/audrey-federation/config.toml",
             &format!("/{UNIT}"),
+            &format!("/{MAN}"),
+            &format!("/{TAKEOVER}"),
         ] {
             assert!(files.lines().any(|l| l == path), "{path} missing:\n{files}");
         }

@@ -5,44 +5,18 @@
 
 mod support;
 
-use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::CertificateDer;
 use support::broker::{Broker, BrokerOptions};
-use support::certs::{self, CertPaths};
+use support::certs::{self, served_cert, CertPaths};
 use support::sidecar::{config, Sidecar};
 use support::site::{self, Site};
 
 const LIMIT: Duration = Duration::from_secs(20);
 const SITE: &str = "site-r";
-
-/// The leaf certificate the proxy listener at `addr` serves, trusting any of `roots`.
-async fn served_cert(addr: SocketAddr, roots: &[&Path]) -> anyhow::Result<CertificateDer<'static>> {
-    let mut store = rustls::RootCertStore::empty();
-    for root in roots {
-        store.add(CertificateDer::from_pem_file(root)?)?;
-    }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(store)
-        .with_no_client_auth();
-    let tcp = tokio::net::TcpStream::connect(addr).await?;
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(ServerName::try_from("localhost")?, tcp)
-        .await?;
-    let leaf = tls
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(|c| c.first())
-        .ok_or_else(|| anyhow::anyhow!("no server certificate"))?;
-    Ok(leaf.clone().into_owned())
-}
 
 fn leaf(path: &Path) -> CertificateDer<'static> {
     CertificateDer::from_pem_file(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))

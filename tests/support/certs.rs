@@ -71,3 +71,32 @@ pub fn generate_into(dir: &Path, sites: &[&str]) -> CertPaths {
         _tmp: None,
     }
 }
+
+/// The leaf certificate a TLS listener at `addr` serves for `localhost`, trusting any of `roots`.
+pub async fn served_cert(
+    addr: std::net::SocketAddr,
+    roots: &[&Path],
+) -> anyhow::Result<rustls::pki_types::CertificateDer<'static>> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    let mut store = rustls::RootCertStore::empty();
+    for root in roots {
+        store.add(CertificateDer::from_pem_file(root)?)?;
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(store)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("localhost")?, tcp)
+        .await?;
+    let leaf = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .ok_or_else(|| anyhow::anyhow!("no server certificate"))?;
+    Ok(leaf.clone().into_owned())
+}

@@ -43,6 +43,11 @@ impl Sidecar {
 
     /// Starts the binary on an existing config file (a restart keeps the state folder).
     pub fn start_with(dir: &Path, config: PathBuf) -> Sidecar {
+        Self::start_with_env(dir, config, &[])
+    }
+
+    /// As [`Sidecar::start_with`], with extra environment variables for the process.
+    pub fn start_with_env(dir: &Path, config: PathBuf, env: &[(&str, &str)]) -> Sidecar {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -61,6 +66,7 @@ impl Sidecar {
             std::env::var("AUDREY_FEDERATION_TEST_LOG")
                 .unwrap_or_else(|_| "info,audrey_federation=debug".into()),
         )
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log))
         .spawn()
