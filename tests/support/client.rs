@@ -118,6 +118,8 @@ pub struct Client {
     host: String,
     scheme: String,
     headers: Vec<(String, String)>,
+    /// TLS to the target (server name `localhost`), or plain TCP.
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 impl Client {
@@ -127,7 +129,28 @@ impl Client {
             host: target.to_string(),
             scheme: "http".into(),
             headers: Vec::new(),
+            tls: None,
         }
+    }
+
+    /// Speaks TLS to the target (`localhost`, trusting only `ca`) and signs for `https`.
+    pub fn with_tls(mut self, ca: &std::path::Path) -> Client {
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls::pki_types::CertificateDer::pem_file_iter(ca).expect("CA file") {
+            roots
+                .add(c.expect("CA certificate"))
+                .expect("CA certificate");
+        }
+        let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let cfg = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        self.tls = Some(std::sync::Arc::new(cfg));
+        self.scheme = "https".into();
+        self
     }
 
     /// The `Host` header to send (and sign for).
@@ -190,7 +213,18 @@ impl Client {
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
-        let (status, headers, body) = try_exchange(self.target, req.body(Full::new(body))?).await?;
+        let req = req.body(Full::new(body))?;
+        let (status, headers, body) = match &self.tls {
+            None => try_exchange(self.target, req).await?,
+            Some(cfg) => {
+                let tcp = tokio::net::TcpStream::connect(self.target).await?;
+                let name = rustls::pki_types::ServerName::try_from("localhost")?;
+                let tls = tokio_rustls::TlsConnector::from(cfg.clone())
+                    .connect(name, tcp)
+                    .await?;
+                exchange_on(tls, req).await?
+            }
+        };
         Ok(Response {
             status: status.as_u16(),
             headers,
@@ -323,7 +357,20 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let stream = tokio::net::TcpStream::connect(addr).await?;
+    exchange_on(tokio::net::TcpStream::connect(addr).await?, req).await
+}
+
+/// One request on an established connection (plain or TLS).
+async fn exchange_on<S, B>(
+    stream: S,
+    req: http::Request<B>,
+) -> anyhow::Result<(http::StatusCode, http::HeaderMap, Bytes)>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(conn);
     let (parts, body) = sender.send_request(req).await?.into_parts();
