@@ -298,9 +298,17 @@ rollback), the metrics at \fBhttp://\fIadmin.listen\fB/metrics\fR, \fBsystemctl\
             writeln!(out, ".SH \"{}\"", name.to_uppercase())?;
             let sub = sub.clone().bin_name(name);
             let page = clap_mangen::Man::new(sub.clone());
-            page.render_synopsis_section(&mut Section(out))?;
-            page.render_description_section(&mut Section(out))?;
-            page.render_options_section(&mut Section(out))?;
+            let mut parts = Vec::new();
+            page.render_synopsis_section(&mut parts)?;
+            page.render_description_section(&mut parts)?;
+            page.render_options_section(&mut parts)?;
+            // Each part's section becomes a subsection of the command's.
+            for line in String::from_utf8_lossy(&parts).split_inclusive('\n') {
+                match line.strip_prefix(".SH ") {
+                    Some(title) => write!(out, ".SS {title}")?,
+                    None => out.write_all(line.as_bytes())?,
+                }
+            }
             for action in sub.get_subcommands().filter(|s| !s.is_hide_set()) {
                 let about = action
                     .get_about()
@@ -337,25 +345,6 @@ rollback), the metrics at \fBhttp://\fIadmin.listen\fB/metrics\fR, \fBsystemctl\
             out,
             ".TP\n\\fBAUDREY_FEDERATION_LOG\\fR\nThe log filter (default \\fBinfo\\fR; e.g. \\fBaudrey_federation=debug\\fR)."
         )
-    }
-
-    /// Drops a rendered section's `.SH` line, so a command's parts sit under its heading.
-    struct Section<'a>(&'a mut dyn Write);
-
-    impl Write for Section<'_> {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            let text = String::from_utf8_lossy(buf);
-            let kept: String = text
-                .split_inclusive('\n')
-                .filter(|line| !line.starts_with(".SH "))
-                .collect();
-            self.0.write_all(kept.as_bytes())?;
-            Ok(buf.len())
-        }
-
-        fn flush(&mut self) -> std::io::Result<()> {
-            self.0.flush()
-        }
     }
 }
 
