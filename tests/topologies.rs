@@ -223,13 +223,36 @@ const OUTAGE: Duration = Duration::from_secs(4);
 /// Pace of each side's guest while the link is cut and after.
 const REPORT_EVERY: Duration = Duration::from_millis(100);
 
-/// Lag quantiles (p50, p99) of the changes `site` applied from `origin` since `before`.
-async fn lag_since(site: &Site, origin: &str, before: &Histogram) -> (Histogram, f64, f64) {
+/// The lag of the changes one site applied from another in a window of a test.
+struct Lag {
+    count: f64,
+    p50: f64,
+    p99: f64,
+    mean: f64,
+}
+
+impl std::fmt::Display for Lag {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} changes, p50 {:.3} s, p99 {:.3} s, mean {:.3} s",
+            self.count, self.p50, self.p99, self.mean
+        )
+    }
+}
+
+/// The lag of the changes `site` applied from `origin` since `before`, and the new scrape.
+async fn lag_since(site: &Site, origin: &str, before: &Histogram) -> (Histogram, Lag) {
     let now = Histogram::lag(&site.metrics().await, origin);
     let delta = now.since(before);
     let q = |p| delta.quantile(p).unwrap_or(f64::NAN);
-    let (p50, p99) = (q(0.5), q(0.99));
-    (now, p50, p99)
+    let lag = Lag {
+        count: delta.count(),
+        p50: q(0.5),
+        p99: q(0.99),
+        mean: delta.mean().unwrap_or(f64::NAN),
+    };
+    (now, lag)
 }
 
 /// Both sides' guests report `rounds` times, one per [`REPORT_EVERY`], from `from`; returns
@@ -326,30 +349,78 @@ async fn wide_area_link_cut_then_restored() {
     let recovered_in = t_up.elapsed();
     let caught_up = b.metric(LAST_APPLIED, &["origin_site=\"site-a\""]).await;
     assert!(caught_up >= last_report, "{caught_up} < {last_report}");
-    let (after_b, p50_b, p99_b) = lag_since(b, "site-a", &before_b).await;
-    let (after_a, p50_a, p99_a) = lag_since(a, "site-b", &before_a).await;
-    assert!(
-        p50_b >= 1.0 && p50_a >= 1.0,
-        "outage lag p50 {p50_b} {p50_a}"
-    );
+    let (after_b, during_b) = lag_since(b, "site-a", &before_b).await;
+    let (after_a, during_a) = lag_since(a, "site-b", &before_a).await;
+    for lag in [&during_b, &during_a] {
+        assert!(
+            lag.count >= in_outage as f64 && lag.p50 >= 1.0,
+            "lag of the changes made during the outage: {lag}"
+        );
+    }
 
     // After recovery: the same traffic, normal lag.
     let (end, _) = report_both(a, b, (&i1, &i2), next, |v| v >= next + 20).await;
     b.sees(&i2, &value(end - 1, 0)).await;
     a.sees(&i1, &value(end - 1, 1)).await;
-    let (_, q50_b, q99_b) = lag_since(b, "site-a", &after_b).await;
-    let (_, q50_a, q99_a) = lag_since(a, "site-b", &after_a).await;
-    assert!(q50_b < p50_b && q50_a < p50_a, "lag after recovery");
+    let (_, normal_b) = lag_since(b, "site-a", &after_b).await;
+    let (_, normal_a) = lag_since(a, "site-b", &after_a).await;
+    assert!(
+        normal_b.p50 < during_b.p50 && normal_a.p50 < during_a.p50,
+        "lag after recovery: {normal_b}; {normal_a}"
+    );
 
     let captured = [1 + u64::from(end - 1), 1 + u64::from(end - 1)];
     eprintln!(
         "link cut: {in_outage} changes per side during a {OUTAGE:?} outage, {} in all; \
-         last_applied stale {stale_for:.1} s; recovered in {recovered_in:?}; \
-         lag p50/p99 of changes made during the outage: b<-a {p50_b:.2}/{p99_b:.2} s, \
-         a<-b {p50_a:.2}/{p99_a:.2} s; after recovery: b<-a {q50_b:.3}/{q99_b:.3} s, \
-         a<-b {q50_a:.3}/{q99_a:.3} s",
+         last_applied stale {stale_for:.1} s; recovered in {recovered_in:?}\n\
+         made during the outage: b<-a {during_b}; a<-b {during_a}\n\
+         after recovery: b<-a {normal_b}; a<-b {normal_a}",
         captured[0] + captured[1]
     );
+    applied_exactly_once(&mut sites, &captured).await;
+}
+
+#[tokio::test]
+async fn upstream_broker_stopped_then_restarted() {
+    let _turn = TURN.lock().await;
+    let fed = links::shared();
+    let topo = links::stop();
+    let dir = tempfile::tempdir().unwrap();
+    let mut sites = start(fed, &topo, dir.path()).await;
+    let (b, c) = (&sites[0], &sites[1]);
+    let (i1, i2) = (scenario::i1(), scenario::i2());
+    b.register(&i1).await;
+    c.register(&i2).await;
+    let (next, _) = report_both(b, c, (&i1, &i2), 1, |v| v > 3).await;
+    c.sees(&i2, &value(next - 1, 0)).await;
+    b.sees(&i1, &value(next - 1, 1)).await;
+
+    // Broker c stops: c's changes wait in its sidecar's outbox, b's in the upstream queue
+    // that c's link left on broker b. Guests keep reporting on both sides.
+    fed.broker(2).await.stop();
+    let t_stop = Instant::now();
+    let first_down = next;
+    let (next, _) = report_both(b, c, (&i1, &i2), next, |_| {
+        t_stop.elapsed() >= Duration::from_secs(2)
+    })
+    .await;
+    assert_eq!(
+        c.metric("audrey_federation_broker_link_up", &["link=\"publish\""])
+            .await,
+        0.0
+    );
+    assert!(c.metric("audrey_federation_outbox_pending", &[]).await > 0.0);
+    fed.broker(2).await.start_again();
+    let t_up = Instant::now();
+    c.sees(&i2, &value(next - 1, 0)).await;
+    b.sees(&i1, &value(next - 1, 1)).await;
+    eprintln!(
+        "broker stopped: {} changes per side while it was down {:?}; converged {:?} after restart",
+        next - first_down,
+        t_up - t_stop,
+        t_up.elapsed()
+    );
+    let captured = [u64::from(next), u64::from(next)];
     applied_exactly_once(&mut sites, &captured).await;
 }
 
@@ -364,14 +435,18 @@ fn lag_quantiles_interpolate_within_buckets() {
         audrey_federation_lag_seconds_bucket{origin_site=\"site-a\",le=\"1\"} 2\n\
         audrey_federation_lag_seconds_bucket{origin_site=\"site-a\",le=\"2\"} 4\n\
         audrey_federation_lag_seconds_bucket{origin_site=\"site-a\",le=\"+Inf\"} 4\n\
-        audrey_federation_lag_seconds_bucket{origin_site=\"site-b\",le=\"1\"} 9\n";
+        audrey_federation_lag_seconds_bucket{origin_site=\"site-b\",le=\"1\"} 9\n\
+        audrey_federation_lag_seconds_sum{origin_site=\"site-a\"} 5\n";
     let h = Histogram::lag(text, "site-a");
     assert_eq!(h.count(), 4.0);
     assert_eq!(h.quantile(0.5), Some(1.0));
     assert_eq!(h.quantile(0.75), Some(1.5));
+    assert_eq!(h.mean(), Some(1.25));
     let later = Histogram {
         buckets: vec![(1.0, 2.0), (2.0, 8.0), (f64::INFINITY, 8.0)],
+        sum: 10.0,
     };
     assert_eq!(later.since(&h).buckets[1], (2.0, 4.0));
+    assert_eq!(later.since(&h).mean(), Some(1.25));
     assert_eq!(Histogram::default().quantile(0.5), None);
 }

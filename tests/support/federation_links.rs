@@ -117,9 +117,18 @@ pub fn cut() -> Topology {
     }
 }
 
+/// Sites b and c pulling from each other directly, for the test that stops broker c.
+pub fn stop() -> Topology {
+    Topology {
+        name: "stop",
+        members: vec![1, 2],
+        links: vec![link(2, 1, 1), link(1, 2, 1)],
+    }
+}
+
 /// Every topology the fixture sets up.
 pub fn all() -> Vec<Topology> {
-    vec![pair(), hub(), mesh(), ring(), cut()]
+    vec![pair(), hub(), mesh(), ring(), cut(), stop()]
 }
 
 impl Topology {

@@ -6,10 +6,12 @@
 /// The name of the lag histogram (see docs/metrics.md).
 pub const LAG: &str = "audrey_federation_lag_seconds";
 
-/// Cumulative bucket counts `(le, count)` in increasing `le`, the last one `+Inf`.
+/// Cumulative bucket counts `(le, count)` in increasing `le`, the last one `+Inf`, and the
+/// sum of the observations.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Histogram {
     pub buckets: Vec<(f64, f64)>,
+    pub sum: f64,
 }
 
 impl Histogram {
@@ -32,7 +34,18 @@ impl Histogram {
             })
             .collect();
         buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
-        Histogram { buckets }
+        let sum_prefix = format!("{LAG}_sum{{");
+        let sum = metrics
+            .lines()
+            .filter(|l| l.starts_with(&sum_prefix) && l.contains(&want))
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum();
+        Histogram { buckets, sum }
+    }
+
+    /// Mean of the observations; `None` if empty.
+    pub fn mean(&self) -> Option<f64> {
+        (self.count() > 0.0).then(|| self.sum / self.count())
     }
 
     /// Number of observations.
@@ -55,6 +68,7 @@ impl Histogram {
                 .iter()
                 .map(|&(le, n)| (le, n - before(le)))
                 .collect(),
+            sum: self.sum - earlier.sum,
         }
     }
 
