@@ -241,9 +241,34 @@ impl std::fmt::Display for Lag {
     }
 }
 
-/// The lag of the changes `site` applied from `origin` since `before`, and the new scrape.
-async fn lag_since(site: &Site, origin: &str, before: &Histogram) -> (Histogram, Lag) {
-    let now = Histogram::lag(&site.metrics().await, origin);
+/// `site`'s lag histogram for `origin` once it holds `applied` changes: a change is visible
+/// at the server a moment before the sidecar records it.
+async fn lag_once(site: &Site, origin: &str, applied: u32) -> Histogram {
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        let h = Histogram::lag(&site.metrics().await, origin);
+        if h.count() >= f64::from(applied) {
+            return h;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{}: lag recorded for {} changes from {origin}, want {applied}",
+            site.name,
+            h.count()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The lag of the changes `site` applied from `origin` since `before`, once it applied
+/// `applied` in all, and the new scrape.
+async fn lag_since(
+    site: &Site,
+    origin: &str,
+    applied: u32,
+    before: &Histogram,
+) -> (Histogram, Lag) {
+    let now = lag_once(site, origin, applied).await;
     let delta = now.since(before);
     let q = |p| delta.quantile(p).unwrap_or(f64::NAN);
     let lag = Lag {
@@ -298,8 +323,9 @@ async fn wide_area_link_cut_then_restored() {
     let (next, _) = report_both(a, b, (&i1, &i2), 1, |v| v > 3).await;
     b.sees(&i2, &value(next - 1, 0)).await;
     a.sees(&i1, &value(next - 1, 1)).await;
-    let before_b = Histogram::lag(&b.metrics().await, "site-a");
-    let before_a = Histogram::lag(&a.metrics().await, "site-b");
+    // Each side applied the other's registration and reports 1..next.
+    let before_b = lag_once(b, "site-a", next).await;
+    let before_a = lag_once(a, "site-b", next).await;
 
     // Cut both directions of the wide-area link; guests keep reporting on both sides.
     fed.relay(1, 0).down().await;
@@ -349,11 +375,11 @@ async fn wide_area_link_cut_then_restored() {
     let recovered_in = t_up.elapsed();
     let caught_up = b.metric(LAST_APPLIED, &["origin_site=\"site-a\""]).await;
     assert!(caught_up >= last_report, "{caught_up} < {last_report}");
-    let (after_b, during_b) = lag_since(b, "site-a", &before_b).await;
-    let (after_a, during_a) = lag_since(a, "site-b", &before_a).await;
+    let (after_b, during_b) = lag_since(b, "site-a", next, &before_b).await;
+    let (after_a, during_a) = lag_since(a, "site-b", next, &before_a).await;
     for lag in [&during_b, &during_a] {
         assert!(
-            lag.count >= in_outage as f64 && lag.p50 >= 1.0,
+            lag.count == in_outage as f64 && lag.p50 >= 1.0,
             "lag of the changes made during the outage: {lag}"
         );
     }
@@ -362,8 +388,8 @@ async fn wide_area_link_cut_then_restored() {
     let (end, _) = report_both(a, b, (&i1, &i2), next, |v| v >= next + 20).await;
     b.sees(&i2, &value(end - 1, 0)).await;
     a.sees(&i1, &value(end - 1, 1)).await;
-    let (_, normal_b) = lag_since(b, "site-a", &after_b).await;
-    let (_, normal_a) = lag_since(a, "site-b", &after_a).await;
+    let (_, normal_b) = lag_since(b, "site-a", end, &after_b).await;
+    let (_, normal_a) = lag_since(a, "site-b", end, &after_a).await;
     assert!(
         normal_b.p50 < during_b.p50 && normal_a.p50 < during_a.p50,
         "lag after recovery: {normal_b}; {normal_a}"
