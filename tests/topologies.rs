@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use support::client::{Creds, InstanceXml, ServiceXml};
 use support::federation_links::{self as links, Federation, Topology, SITES};
-use support::lag::Histogram;
+use support::lag::{lag_once, lag_since, Histogram};
 use support::scenario;
 use support::site::Site;
 
@@ -222,63 +222,6 @@ const LAST_APPLIED: &str = "audrey_federation_last_applied_timestamp_seconds";
 const OUTAGE: Duration = Duration::from_secs(4);
 /// Pace of each side's guest while the link is cut and after.
 const REPORT_EVERY: Duration = Duration::from_millis(100);
-
-/// The lag of the changes one site applied from another in a window of a test.
-struct Lag {
-    count: f64,
-    p50: f64,
-    p99: f64,
-    mean: f64,
-}
-
-impl std::fmt::Display for Lag {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} changes, p50 {:.3} s, p99 {:.3} s, mean {:.3} s",
-            self.count, self.p50, self.p99, self.mean
-        )
-    }
-}
-
-/// `site`'s lag histogram for `origin` once it holds `applied` changes: a change is visible
-/// at the server a moment before the sidecar records it.
-async fn lag_once(site: &Site, origin: &str, applied: u32) -> Histogram {
-    let deadline = Instant::now() + LIMIT;
-    loop {
-        let h = Histogram::lag(&site.metrics().await, origin);
-        if h.count() >= f64::from(applied) {
-            return h;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{}: lag recorded for {} changes from {origin}, want {applied}",
-            site.name,
-            h.count()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// The lag of the changes `site` applied from `origin` since `before`, once it applied
-/// `applied` in all, and the new scrape.
-async fn lag_since(
-    site: &Site,
-    origin: &str,
-    applied: u32,
-    before: &Histogram,
-) -> (Histogram, Lag) {
-    let now = lag_once(site, origin, applied).await;
-    let delta = now.since(before);
-    let q = |p| delta.quantile(p).unwrap_or(f64::NAN);
-    let lag = Lag {
-        count: delta.count(),
-        p50: q(0.5),
-        p99: q(0.99),
-        mean: delta.mean().unwrap_or(f64::NAN),
-    };
-    (now, lag)
-}
 
 /// Both sides' guests report `rounds` times, one per [`REPORT_EVERY`], from `from`; returns
 /// the next value and the time the last report started.

@@ -31,6 +31,9 @@ pub const SITES: [&str; 3] = ["site-a", "site-b", "site-c"];
 pub const BROKER_CNS: [&str; 3] = ["broker-a", "broker-b", "broker-c"];
 /// Seconds a federation link waits before reconnecting (the plugin's default is 5).
 pub const RECONNECT_DELAY: u32 = 1;
+// Every upstream also sets `resource-cleanup-mode: never`: by default a link that shuts down
+// normally (its broker stopping included) deletes its queue on the upstream broker, and what
+// is published there until it is back is lost to it (seen on 3.10.8 as a flaky stop test).
 
 /// Broker `down` consumes from broker `up` what is published to the topology's exchange there,
 /// forwarding messages that crossed fewer than `max_hops` links so far.
@@ -187,7 +190,7 @@ impl Topology {
                 json!({"vhost": "/", "component": "federation-upstream", "name": name,
                 "value": {"uri": upstream_uri(upstream_port(l), certs, BROKER_CNS[me]),
                     "max-hops": l.max_hops, "reconnect-delay": RECONNECT_DELAY,
-                    "ack-mode": "on-confirm"}}),
+                    "ack-mode": "on-confirm", "resource-cleanup-mode": "never"}}),
             );
             set.push(json!({"upstream": name}));
         }

@@ -1,7 +1,15 @@
 //! Reading the replication lag a sidecar exports: its `lag_seconds` histogram per origin (as
-//! Prometheus text), the difference of two scrapes, and quantiles interpolated within buckets
-//! the way Prometheus' `histogram_quantile` does. It must not scrape anything itself.
+//! Prometheus text), the difference of two scrapes, quantiles interpolated within buckets the
+//! way Prometheus' `histogram_quantile` does, and the lag of a window of a test. It only reads
+//! a site's metrics; it must not drive a site.
 #![allow(dead_code)]
+
+use std::time::{Duration, Instant};
+
+use super::site::Site;
+
+/// How long [`lag_once`] waits for the expected number of changes.
+pub const WAIT_LIMIT: Duration = Duration::from_secs(60);
 
 /// The name of the lag histogram (see docs/metrics.md).
 pub const LAG: &str = "audrey_federation_lag_seconds";
@@ -96,4 +104,61 @@ impl Histogram {
         }
         Some(lower)
     }
+}
+
+/// The lag of the changes one site applied from another in a window of a test.
+pub struct Lag {
+    pub count: f64,
+    pub p50: f64,
+    pub p99: f64,
+    pub mean: f64,
+}
+
+impl std::fmt::Display for Lag {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} changes, p50 {:.3} s, p99 {:.3} s, mean {:.3} s",
+            self.count, self.p50, self.p99, self.mean
+        )
+    }
+}
+
+/// `site`'s lag histogram for `origin` once it holds `applied` changes: a change is visible
+/// at the server a moment before the sidecar records it.
+pub async fn lag_once(site: &Site, origin: &str, applied: u32) -> Histogram {
+    let deadline = Instant::now() + WAIT_LIMIT;
+    loop {
+        let h = Histogram::lag(&site.metrics().await, origin);
+        if h.count() >= f64::from(applied) {
+            return h;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{}: lag recorded for {} changes from {origin}, want {applied}",
+            site.name,
+            h.count()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The lag of the changes `site` applied from `origin` since `before`, once it applied
+/// `applied` in all, and the new scrape.
+pub async fn lag_since(
+    site: &Site,
+    origin: &str,
+    applied: u32,
+    before: &Histogram,
+) -> (Histogram, Lag) {
+    let now = lag_once(site, origin, applied).await;
+    let delta = now.since(before);
+    let q = |p| delta.quantile(p).unwrap_or(f64::NAN);
+    let lag = Lag {
+        count: delta.count(),
+        p50: q(0.5),
+        p99: q(0.99),
+        mean: delta.mean().unwrap_or(f64::NAN),
+    };
+    (now, lag)
 }
