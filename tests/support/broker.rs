@@ -103,11 +103,6 @@ impl Broker {
         format!("amqp://localhost:{}", self.ports.amqp)
     }
 
-    /// The Erlang node name (`audrey-test-<pid>-<n>@localhost`).
-    pub fn node_name(&self) -> &str {
-        &self.node_name
-    }
-
     pub fn ports(&self) -> Ports {
         self.ports
     }
