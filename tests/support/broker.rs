@@ -18,8 +18,9 @@ use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 use std::os::unix::process::CommandExt;
 
+pub use super::broker_layout::LayoutExtras;
 pub use super::broker_layout::Ports;
-use super::broker_layout::{pick_ports, write_layout};
+use super::broker_layout::{pick_ports, write_layout_with};
 use super::certs::{self, CertPaths};
 
 const SERVER_BIN: &str = "/usr/lib/rabbitmq/bin/rabbitmq-server";
@@ -57,6 +58,12 @@ pub struct Broker {
 impl Broker {
     /// Writes the node's folder and starts it; returns once both AMQP ports accept.
     pub fn start(opts: BrokerOptions<'_>) -> Broker {
+        Broker::start_with(opts, pick_ports(), &LayoutExtras::default())
+    }
+
+    /// [`Broker::start`] on ports chosen by the caller (so other nodes' definitions can name
+    /// them before this node exists), with `extras` added to the layout.
+    pub fn start_with(opts: BrokerOptions<'_>, ports: Ports, extras: &LayoutExtras) -> Broker {
         assert!(
             Path::new(SERVER_BIN).exists(),
             "{SERVER_BIN} not found: install RabbitMQ 3.10 (apt-get install -y rabbitmq-server)"
@@ -65,14 +72,13 @@ impl Broker {
             .prefix("audrey-broker-")
             .tempdir()
             .expect("broker temp dir");
-        let ports = pick_ports();
         static SEQ: AtomicU32 = AtomicU32::new(0);
         let node_name = format!(
             "audrey-test-{}-{}@localhost",
             std::process::id(),
             SEQ.fetch_add(1, Ordering::Relaxed)
         );
-        write_layout(root.path(), &ports, &opts);
+        write_layout_with(root.path(), &ports, &opts, extras);
         let mut broker = Broker {
             root,
             ports,

@@ -66,7 +66,30 @@ pub fn write_file(path: &Path, text: &str) {
     f.write_all(text.as_bytes()).expect("write broker file");
 }
 
+/// Additions to a node's layout, for nodes that do more than the default (e.g. federation):
+/// more plugins, more `rabbitmq.conf` lines, and definitions whose arrays are appended to the
+/// default ones. Empty by default.
+#[derive(Debug, Clone, Default)]
+pub struct LayoutExtras {
+    /// Plugin names enabled beside `rabbitmq_amqp1_0` and `rabbitmq_auth_mechanism_ssl`.
+    pub plugins: Vec<String>,
+    /// Lines appended to `rabbitmq.conf`.
+    pub conf: String,
+    /// A JSON object of definition arrays (`users`, `exchanges`, `parameters`, `policies`…).
+    pub definitions: Option<serde_json::Value>,
+}
+
 pub fn write_layout(root: &Path, ports: &Ports, opts: &BrokerOptions<'_>) {
+    write_layout_with(root, ports, opts, &LayoutExtras::default());
+}
+
+/// [`write_layout`] plus `extras`.
+pub fn write_layout_with(
+    root: &Path,
+    ports: &Ports,
+    opts: &BrokerOptions<'_>,
+    extras: &LayoutExtras,
+) {
     let etc = root.join("etc");
     for d in ["etc", "home", "data", "log"] {
         fs::create_dir_all(root.join(d)).expect("broker folder");
@@ -79,9 +102,11 @@ pub fn write_layout(root: &Path, ports: &Ports, opts: &BrokerOptions<'_>) {
     copy(&opts.certs.server_key, "server.key");
     write_file(&etc.join("rabbitmq-env.conf"), "");
     write_file(&etc.join("advanced.config"), "[].\n");
+    let mut plugins = vec!["rabbitmq_amqp1_0", "rabbitmq_auth_mechanism_ssl"];
+    plugins.extend(extras.plugins.iter().map(String::as_str));
     write_file(
         &etc.join("enabled_plugins"),
-        "[rabbitmq_amqp1_0,rabbitmq_auth_mechanism_ssl].\n",
+        &format!("[{}].\n", plugins.join(",")),
     );
     let e = etc.display();
     let conf = format!(
@@ -104,11 +129,30 @@ log.console = false
         amqp = ports.amqp,
         amqps = ports.amqps,
     );
-    write_file(&etc.join("rabbitmq.conf"), &conf);
-    write_file(
-        &etc.join("definitions.json"),
-        &definitions(opts.sites).to_string(),
-    );
+    write_file(&etc.join("rabbitmq.conf"), &(conf + &extras.conf));
+    let mut defs = definitions(opts.sites);
+    if let Some(more) = &extras.definitions {
+        merge_definitions(&mut defs, more);
+    }
+    write_file(&etc.join("definitions.json"), &defs.to_string());
+}
+
+/// Appends each array of the object `more` to the same-named array of `defs` (created if absent).
+pub fn merge_definitions(defs: &mut serde_json::Value, more: &serde_json::Value) {
+    let (Some(defs), Some(more)) = (defs.as_object_mut(), more.as_object()) else {
+        panic!("definitions must be JSON objects");
+    };
+    for (key, items) in more {
+        let items = items
+            .as_array()
+            .unwrap_or_else(|| panic!("definitions.{key} must be an array"));
+        let into = defs
+            .entry(key.clone())
+            .or_insert_with(|| serde_json::Value::Array(Vec::new()));
+        into.as_array_mut()
+            .unwrap_or_else(|| panic!("definitions.{key} is not an array"))
+            .extend(items.iter().cloned());
+    }
 }
 
 /// Users (one per site with an empty hash for EXTERNAL, one PLAIN), permissions, queues, bindings.

@@ -8,6 +8,8 @@ pub mod broker_layout;
 pub mod certs;
 pub mod client;
 pub mod emulator;
+pub mod federation_links;
+pub mod lag;
 pub mod relay;
 pub mod scenario;
 pub mod sidecar;
