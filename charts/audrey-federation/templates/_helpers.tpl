@@ -155,6 +155,7 @@ subscribe_address = {{ toJson . }}
 subscribe_mode = {{ .Values.amqp.subscribeMode | toJson }}
 reconnect_initial = {{ .Values.amqp.reconnectInitial }}
 reconnect_max = {{ .Values.amqp.reconnectMax }}
+heartbeat_interval = {{ .Values.amqp.heartbeatInterval }}
 
 [oauth]
 conductor_key = {{ .Values.oauth.conductorKey | toJson }}
