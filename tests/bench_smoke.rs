@@ -9,6 +9,17 @@ mod support;
 #[path = "../benches/load/mod.rs"]
 mod load;
 
+/// The documented full run measures what issue 6 asks for.
+#[test]
+fn full_run_covers_the_issue() {
+    let o = load::Options::full();
+    assert!(o.conns.contains(&1) && o.conns.contains(&64));
+    assert_eq!(o.capture_conns, [1, 16, 256]);
+    assert_eq!(o.fed_sites, [2, 3, 5]);
+    assert_eq!(o.fed_deployments, [1, 100, 10_000]);
+    assert!(o.rounds >= 3 && !o.smoke);
+}
+
 #[test]
 fn smoke_run_produces_a_complete_table() {
     let r = load::run(load::Options::smoke()).expect("smoke run");

@@ -72,8 +72,11 @@ pub struct CaptureCell {
 pub struct ProxyResults {
     pub cells: Vec<Cell>,
     pub capture: Vec<CaptureCell>,
-    /// Highest VmHWM of the sidecars that carried the proxy load.
+    /// Highest VmHWM of the sidecars that carried the proxy-overhead load (guest mix, at
+    /// most the largest of `Options::conns` connections).
     pub peak_rss_kib: u64,
+    /// Highest VmHWM of the sidecars of the capture-cost cells (up to 256 guests).
+    pub capture_peak_rss_kib: u64,
     /// Changes the capturing sidecar recorded, and the non-capturing one (must be 0).
     pub captured_on: f64,
     pub captured_off: f64,
@@ -99,13 +102,17 @@ pub fn run(
     let emu_addr = emulator.addr();
     let side_emu = sidecar(dir, "emu", emu_addr, "")?;
     let side_fixed = sidecar(dir, "fixed", fixed.addr, "")?;
+    // The capture cells get their own sidecars, so their 256 guests do not count in the
+    // proxy-overhead rows' memory.
+    let side_cap = sidecar(dir, "cap", fixed.addr, "")?;
     let side_nocap = sidecar(dir, "nocap", fixed.addr, "capture = false\n")?;
     let nginx = Nginx::start(&[emu_addr, fixed.addr])?;
 
     let guests: Vec<InstanceXml> = (0..opts.proxy_guests)
         .map(|i| guest::instance("guest", i, &format!("deployment-{}", i % 8)))
         .collect();
-    prepare(rt, &guests, &[side_emu.proxy, side_fixed.proxy], &emulator)?;
+    let capturing = [side_emu.proxy, side_fixed.proxy, side_cap.proxy];
+    prepare(rt, &guests, &capturing, &emulator)?;
     let mix: Vec<Req> = guests.iter().flat_map(guest::mix).collect();
     let puts: Vec<Req> = guests
         .iter()
@@ -159,7 +166,7 @@ pub fn run(
         for &conns in &opts.capture_conns {
             for capture in rotated(&[true, false], round) {
                 let to = if capture {
-                    side_fixed.proxy
+                    side_cap.proxy
                 } else {
                     side_nocap.proxy
                 };
@@ -182,17 +189,15 @@ pub fn run(
             }
         }
     }
-    res.peak_rss_kib = [&side_emu, &side_fixed, &side_nocap]
-        .iter()
-        .map(|s| proc_kib(s.pid().as_raw() as u32, "VmHWM:").unwrap_or(0))
-        .max()
-        .unwrap_or(0);
+    let hwm = |s: &Sidecar| proc_kib(s.pid().as_raw() as u32, "VmHWM:").unwrap_or(0);
+    res.peak_rss_kib = hwm(&side_emu).max(hwm(&side_fixed));
+    res.capture_peak_rss_kib = hwm(&side_cap).max(hwm(&side_nocap));
     rt.block_on(async {
         let captured = |s: &Sidecar| {
             let admin = s.admin;
             async move { super::metric(admin, "audrey_federation_captured_total", &[]).await }
         };
-        res.captured_on = captured(&side_fixed).await?;
+        res.captured_on = captured(&side_cap).await?;
         res.captured_off = captured(&side_nocap).await?;
         anyhow::Ok(())
     })?;
