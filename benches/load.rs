@@ -1,7 +1,8 @@
 //! The load harness: `scripts/bench` (= `cargo bench --bench load`), or
 //! `cargo bench --bench load -- --smoke` for CI's short run. Prints the BENCHMARKS table
-//! and writes it to `target/bench/report.md` (or `--out FILE`). Run without `--bench` (as
-//! `cargo test --all-targets` does) it does nothing: the smoke run is `tests/bench_smoke.rs`.
+//! and writes it to `target/bench/report.md` (`report-smoke.md` for `--smoke`; or
+//! `--out FILE`). Run without `--bench` (as `cargo test --all-targets` does) it does
+//! nothing: CI's smoke run is `tests/bench_smoke.rs`.
 //! The harness itself lives in `benches/load/`; this file owns only the command line.
 
 #[path = "../tests/support/mod.rs"]
@@ -36,7 +37,11 @@ fn main() -> anyhow::Result<()> {
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"))
             .join("bench")
-            .join("report.md"),
+            .join(if opts.smoke {
+                "report-smoke.md"
+            } else {
+                "report.md"
+            }),
     };
     let results = load::run(opts)?;
     let report = load::report::render(&results, &utc_now());
