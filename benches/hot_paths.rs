@@ -1,11 +1,12 @@
 //! Criterion benchmarks of the per-request and per-message hot paths: request
 //! classification, `audrey_data` parsing, instance-config reading (deployment extraction),
-//! wire encoding and decoding, the durable dedup lookup, and OAuth signing.
+//! the whole parse-before-forward of a `PUT /params` body, wire encoding and decoding, the
+//! durable dedup lookup, and OAuth signing.
 //! `cargo bench --bench hot_paths`; figures go to BENCHMARKS.md.
 
 use std::hint::black_box;
 
-use audrey_federation::capture::{audrey_data, instance_config, route};
+use audrey_federation::capture::{self, audrey_data, instance_config, route};
 use audrey_federation::change::{Change, Event};
 use audrey_federation::store::Store;
 use audrey_federation::{oauth, wire};
@@ -68,6 +69,19 @@ fn parsing(c: &mut Criterion) {
     });
     c.bench_function("instance-config read (deployment extraction)", |b| {
         b.iter(|| instance_config::parse(black_box(XML)).unwrap())
+    });
+    let route = route::classify(&put, "/params/2/0f3c2d9e-1111-4a4a-9b9b-123456789abc");
+    let body = b"audrey_data=%7Cipaddress%26MTAuMC4wLjU%3D%7Chostname%26ZGIuZXhhbXBsZS5vcmc%3D%7C";
+    c.bench_function("capture PUT /params body (form + audrey_data)", |b| {
+        b.iter(|| {
+            capture::capture_from(
+                &route,
+                black_box(body),
+                Some("198.51.100.7".into()),
+                1_764_000_000_000,
+            )
+            .unwrap()
+        })
     });
 }
 

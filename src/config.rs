@@ -68,6 +68,9 @@ pub struct ProxyConfig {
     pub upstream_idle_timeout: Duration,
     /// Largest body read for a captured route; over it the client gets 413.
     pub capture_body_limit: usize,
+    /// Record changes in the outbox (default). `false` makes the sidecar a plain proxy
+    /// (benchmarks of the capture cost; nothing is federated from this site).
+    pub capture: bool,
     /// Peers (CIDR or address) whose `X-Forwarded-For` is believed when recording a guest's address.
     pub trusted_proxies: Vec<String>,
     /// Read-only mount of the server's `STORAGE_DIR`, to learn uuid -> deployment of old instances.
@@ -84,6 +87,7 @@ impl Default for ProxyConfig {
             upstream_timeout: Duration::from_secs(30),
             upstream_idle_timeout: Duration::from_secs(20),
             capture_body_limit: 1024 * 1024,
+            capture: true,
             trusted_proxies: crate::proxy::forwarded::RACK_TRUSTED
                 .iter()
                 .map(|s| s.to_string())

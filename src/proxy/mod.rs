@@ -35,6 +35,8 @@ pub struct Proxy {
     upstream_url: String,
     timeout: Duration,
     body_limit: usize,
+    /// `proxy.capture`: when false every route is forwarded as a non-capturing one.
+    capture: bool,
     trusted: TrustedProxies,
     store: Store,
     /// Woken after each durable append, so the publisher need not poll.
@@ -55,6 +57,7 @@ impl Proxy {
             upstream,
             timeout: cfg.upstream_timeout,
             body_limit: cfg.capture_body_limit,
+            capture: cfg.capture,
             trusted: TrustedProxies::new(&cfg.trusted_proxies),
             store,
             wake,
@@ -105,7 +108,7 @@ impl Proxy {
         parts.uri = self.upstream_uri(&parts.uri)?;
         parts.version = Version::HTTP_11;
 
-        let (body, pending) = if route.is_capturing() {
+        let (body, pending) = if self.capture && route.is_capturing() {
             let declared = parts
                 .headers
                 .get(CONTENT_LENGTH)
