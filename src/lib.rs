@@ -12,6 +12,7 @@ pub mod change;
 pub mod check;
 pub mod config;
 pub mod deadletters;
+pub mod fuzzing;
 pub mod learn;
 pub mod metrics;
 pub mod oauth;
@@ -113,6 +114,7 @@ pub async fn run(
         move |req, peer| proxy.clone().handle(req, peer),
         proxy_stop,
         drain,
+        config.proxy.header_read_timeout,
     ));
     // The admin listener outlives the proxy's drain so probes keep answering.
     let admin_stop = CancellationToken::new();
@@ -123,6 +125,7 @@ pub async fn run(
         move |req, _peer| admin.clone().handle(req),
         admin_stop.clone(),
         std::time::Duration::from_secs(1),
+        std::time::Duration::from_secs(30),
     ));
     tasks.close();
     shutdown.cancelled().await;
