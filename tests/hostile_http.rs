@@ -232,19 +232,25 @@ async fn smuggling_attempts_are_refused_or_neutralised() {
         "PUT /files/2/x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n{smuggled}"
     );
     let r = raw(sc.proxy, bad_chunk.as_bytes(), SECOND).await;
+    eprintln!(
+        "bad chunk on a streamed route: upstream saw {} request(s) in all; client got {:?}",
+        seen.load(Ordering::SeqCst),
+        r.status()
+    );
     assert!(
         r.closed,
         "connection kept open after a bad chunk: {}",
         r.text
     );
     assert!(
-        !r.text.contains("200 OK") || r.responses() <= 1,
+        matches!(r.status(), None | Some(400) | Some(502)) && r.responses() <= 1,
         "{}",
         r.text
     );
-    assert!(
-        seen.load(Ordering::SeqCst) <= 2,
-        "the smuggled request reached the upstream"
+    assert_eq!(
+        seen.load(Ordering::SeqCst),
+        2,
+        "the streamed head reached the upstream, the smuggled request never did"
     );
 }
 
@@ -316,7 +322,7 @@ async fn memory_stays_bounded_under_hostile_load() {
     let (sc, seen, _dir) = site("").await;
     let header = format!(
         "GET /version HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n\r\n",
-        "a".repeat(390 * 1024)
+        "a".repeat(600 * 1024)
     );
     let mut tasks = Vec::new();
     for i in 0..60 {
@@ -349,6 +355,7 @@ async fn memory_stays_bounded_under_hostile_load() {
         );
     }
     let peak = sc.peak_rss_kib();
+    eprintln!("sidecar peak RSS under hostile load: {peak} KiB");
     assert!(peak < 160 * 1024, "peak RSS {peak} KiB under hostile load");
     assert_eq!(seen.load(Ordering::SeqCst), 0);
 }
