@@ -207,7 +207,7 @@ async fn smuggling_attempts_are_refused_or_neutralised() {
 
     // Refused outright with 400, nothing forwarded.
     let refused = [
-        ("differing Content-Length", format!("POST /files/1/x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!")),
+        ("differing Content-Length", "POST /files/1/x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!".to_owned()),
         ("obs-fold", "GET /version HTTP/1.1\r\nHost: a\r\nX-A: a\r\n folded\r\n\r\n".to_owned()),
         ("Transfer-Encoding not chunked", "POST /files/1/x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n".to_owned()),
         ("Transfer-Encoding on HTTP/1.0", "POST /files/1/x HTTP/1.0\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".to_owned()),
