@@ -65,6 +65,7 @@ pub async fn run(
         (Some(c), Some(k)) => Some(tls::server_acceptor(c, k)?),
         _ => None,
     };
+    warn_about_certificates(&config);
     let upstream = proxy::upstream::parse_upstream(&config.proxy.upstream).map_err(|reason| {
         config::ConfigError::Invalid {
             key: "proxy.upstream",
@@ -215,4 +216,22 @@ fn start_federation(
             .await
     });
     Ok(links)
+}
+
+/// Logs a warning for each configured certificate file `check` would fail (expired, not yet
+/// valid, unreadable): the sidecar still starts (a peer refuses the handshake, with its reason).
+fn warn_about_certificates(config: &Config) {
+    let amqp = config.amqp.as_ref();
+    let files = [
+        ("proxy.tls_cert", config.proxy.tls_cert.as_ref()),
+        ("amqp.cert", amqp.and_then(|a| a.cert.as_ref())),
+        ("amqp.ca", amqp.and_then(|a| a.ca.as_ref())),
+    ];
+    for (key, path) in files {
+        let Some(path) = path else { continue };
+        let line = check::certificate(key, path);
+        if !line.ok {
+            tracing::warn!(key, problem = %line.detail, "certificate will be refused by peers: {line}");
+        }
+    }
 }

@@ -303,6 +303,16 @@ async fn an_expired_listener_certificate_is_named_by_check_and_refused_by_client
         "{stdout}"
     );
 
+    // `run` starts anyway and says why clients will refuse it.
+    let log = sc.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("certificate will be refused by peers")
+                && l.contains("proxy.tls_cert")
+                && l.contains("expired")),
+        "{log}"
+    );
+
     // A client that trusts the CA still refuses the expired certificate, and so does one that
     // trusts another CA (webpki reports the expiry first). The sidecar keeps accepting.
     let foreign = certs::generate(&["site-a"]);
