@@ -440,6 +440,17 @@ impl AmqpConfig {
         if self.heartbeat_interval.is_zero() {
             return Err(invalid("amqp.heartbeat_interval", "must be greater than 0"));
         }
+        if let Some(bad) = self.accept_origins.iter().find(|o| {
+            o.is_empty()
+                || !o
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        }) {
+            return Err(invalid(
+                "amqp.accept_origins",
+                format!("{bad:?} is not a site id (ASCII letters, digits, '-' or '_')"),
+            ));
+        }
         Ok(())
     }
 

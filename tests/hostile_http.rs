@@ -431,3 +431,47 @@ async fn restrict_refuses_with_403_counts_and_never_forwards() {
         "{m}"
     );
 }
+
+#[test]
+fn hardening_keys_are_validated_naming_the_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let amqp = "[oauth]\nconductor_key = \"k\"\nconductor_secret_file = \"/s\"\n\
+                [amqp]\nurl = \"amqps://localhost:5671\"\nca = \"/ca\"\ncert = \"/c\"\nkey = \"/k\"\n";
+    let cases = [
+        (
+            "[proxy]\nheader_read_timeout = 0\n".to_owned(),
+            "proxy.header_read_timeout",
+        ),
+        (
+            "[proxy.restrict]\ndelete_deployment_from = [\"10.0.0.0/33\"]\n".to_owned(),
+            "proxy.restrict.delete_deployment_from",
+        ),
+        (
+            "[proxy.restrict]\nunsigned_from = [\"nowhere\"]\n".to_owned(),
+            "proxy.restrict.unsigned_from",
+        ),
+        (
+            "[proxy.restrict]\nsigned_from = []\n".to_owned(),
+            "signed_from",
+        ),
+        (
+            format!("{amqp}accept_origins = [\"site a\"]\n"),
+            "amqp.accept_origins",
+        ),
+    ];
+    for (text, key) in cases {
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, format!("site = \"a\"\n{text}")).expect("write");
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_audrey-federation"))
+            .args(["run", "--config"])
+            .arg(&path)
+            .output()
+            .expect("run");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{text:?}: {err}");
+        assert!(
+            err.contains(key),
+            "{text:?}: error does not name {key}: {err}"
+        );
+    }
+}

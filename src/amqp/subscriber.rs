@@ -4,7 +4,8 @@
 //! Owns the subscribe link's life (connect, session, receiver attach with manual settlement and
 //! bounded credit, reconnect forever with capped jittered backoff, detach on shutdown) and the
 //! settlement policy: an invalid message is kept as an inbound dead letter, then rejected with
-//! the reason; a valid change is handed to the [`ChangeHandler`] and accepted only when it
+//! the reason, and so is a change from an origin site `amqp.accept_origins` does not list (when
+//! set); a valid change is handed to the [`ChangeHandler`] and accepted only when it
 //! answers `Ok`; an `Err` is retried (same message, backoff) and nothing later overtakes it.
 //! A crash before the accept makes the broker redeliver: the handler must be idempotent.
 //! Heartbeats are counted, handed to [`ChangeHandler::heartbeat`] and accepted. On shutdown it
