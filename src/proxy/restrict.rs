@@ -10,8 +10,8 @@
 //! The real server leaves `DELETE /deployment/*` unauthenticated and answers 500 to an
 //! unsigned call on `/configs/*`, `/params/*`, `/files/*` and `/auth`. A call counts as signed
 //! when `oauth_signature` appears in an `Authorization: OAuth` header, in the query string,
-//! or in the form body of a capturing route; a form body on another protected route is not
-//! looked into, so such a call is let through.
+//! or in the form body of a capturing route; on another protected route the body is not looked
+//! into (it is streamed), so the signature must be in the header or the query string.
 
 use std::net::IpAddr;
 
