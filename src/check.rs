@@ -54,6 +54,12 @@ fn line(ok: bool, what: impl Into<String>, detail: impl Into<String>) -> Line {
     }
 }
 
+/// The date check `check` makes of one certificate file (`key` names the config key), also
+/// used by `run` to warn at start-up about a certificate that is expired or not yet valid.
+pub fn certificate(key: &str, path: &std::path::Path) -> Line {
+    certs::certificate(key, path)
+}
+
 /// Every line of one run of `check`.
 #[derive(Debug, Clone, Default)]
 pub struct Report {

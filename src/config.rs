@@ -75,6 +75,22 @@ pub struct ProxyConfig {
     pub trusted_proxies: Vec<String>,
     /// Read-only mount of the server's `STORAGE_DIR`, to learn uuid -> deployment of old instances.
     pub upstream_storage_dir: Option<PathBuf>,
+    /// Time a client has to send a request's headers; then the connection is closed (slow-loris).
+    #[serde(with = "humantime_secs")]
+    pub header_read_timeout: Duration,
+    /// Optional hardening, off by default: who may call what (docs/security.md).
+    pub restrict: RestrictConfig,
+}
+
+/// `[proxy.restrict]`: client address ranges (CIDR or address) allowed to make some calls;
+/// an empty list (the default) restricts nothing. Refused calls get 403 and are never forwarded.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RestrictConfig {
+    /// Who may `DELETE /deployment/:v/:id` (the server leaves it unauthenticated).
+    pub delete_deployment_from: Vec<String>,
+    /// Who may call the server's OAuth-protected paths without any OAuth parameters.
+    pub unsigned_from: Vec<String>,
 }
 
 impl Default for ProxyConfig {
@@ -93,6 +109,8 @@ impl Default for ProxyConfig {
                 .map(|s| s.to_string())
                 .collect(),
             upstream_storage_dir: None,
+            header_read_timeout: Duration::from_secs(30),
+            restrict: RestrictConfig::default(),
         }
     }
 }
@@ -165,6 +183,9 @@ pub struct AmqpConfig {
     /// Seconds between two heartbeats of the publisher (liveness for the other sites' lag).
     #[serde(default = "default_heartbeat_interval", with = "humantime_secs")]
     pub heartbeat_interval: Duration,
+    /// Origin sites whose changes this site applies; empty (the default) accepts any.
+    #[serde(default)]
+    pub accept_origins: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -312,9 +333,28 @@ impl Config {
         if self.proxy.upstream_timeout.is_zero() {
             return Err(invalid("proxy.upstream_timeout", "must be greater than 0"));
         }
-        for p in &self.proxy.trusted_proxies {
-            crate::proxy::forwarded::parse_cidr(p)
-                .map_err(|reason| invalid("proxy.trusted_proxies", format!("{p:?}: {reason}")))?;
+        if self.proxy.header_read_timeout.is_zero() {
+            return Err(invalid(
+                "proxy.header_read_timeout",
+                "must be greater than 0",
+            ));
+        }
+        let ranges = [
+            ("proxy.trusted_proxies", &self.proxy.trusted_proxies),
+            (
+                "proxy.restrict.delete_deployment_from",
+                &self.proxy.restrict.delete_deployment_from,
+            ),
+            (
+                "proxy.restrict.unsigned_from",
+                &self.proxy.restrict.unsigned_from,
+            ),
+        ];
+        for (key, list) in ranges {
+            for p in list {
+                crate::proxy::forwarded::parse_cidr(p)
+                    .map_err(|reason| invalid(key, format!("{p:?}: {reason}")))?;
+            }
         }
         if let Some(a) = &self.amqp {
             a.validate()?;
@@ -403,6 +443,17 @@ impl AmqpConfig {
         }
         if self.heartbeat_interval.is_zero() {
             return Err(invalid("amqp.heartbeat_interval", "must be greater than 0"));
+        }
+        if let Some(bad) = self.accept_origins.iter().find(|o| {
+            o.is_empty()
+                || !o
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        }) {
+            return Err(invalid(
+                "amqp.accept_origins",
+                format!("{bad:?} is not a site id (ASCII letters, digits, '-' or '_')"),
+            ));
         }
         Ok(())
     }

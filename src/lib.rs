@@ -12,6 +12,7 @@ pub mod change;
 pub mod check;
 pub mod config;
 pub mod deadletters;
+pub mod fuzzing;
 pub mod learn;
 pub mod metrics;
 pub mod oauth;
@@ -65,6 +66,7 @@ pub async fn run(
         (Some(c), Some(k)) => Some(tls::server_acceptor(c, k)?),
         _ => None,
     };
+    warn_about_certificates(&config);
     let upstream = proxy::upstream::parse_upstream(&config.proxy.upstream).map_err(|reason| {
         config::ConfigError::Invalid {
             key: "proxy.upstream",
@@ -114,6 +116,7 @@ pub async fn run(
         move |req, peer| proxy.clone().handle(req, peer),
         proxy_stop,
         drain,
+        config.proxy.header_read_timeout,
     ));
     // The admin listener outlives the proxy's drain so probes keep answering.
     let admin_stop = CancellationToken::new();
@@ -124,6 +127,7 @@ pub async fn run(
         move |req, _peer| admin.clone().handle(req),
         admin_stop.clone(),
         std::time::Duration::from_secs(1),
+        std::time::Duration::from_secs(30),
     ));
     if let Some(every) = systemd::watchdog_interval() {
         tokio::spawn(systemd::watchdog(every, admin_stop.clone()));
@@ -227,4 +231,22 @@ fn start_federation(
             .await
     });
     Ok(links)
+}
+
+/// Logs a warning for each configured certificate file `check` would fail (expired, not yet
+/// valid, unreadable): the sidecar still starts (a peer refuses the handshake, with its reason).
+fn warn_about_certificates(config: &Config) {
+    let amqp = config.amqp.as_ref();
+    let files = [
+        ("proxy.tls_cert", config.proxy.tls_cert.as_ref()),
+        ("amqp.cert", amqp.and_then(|a| a.cert.as_ref())),
+        ("amqp.ca", amqp.and_then(|a| a.ca.as_ref())),
+    ];
+    for (key, path) in files {
+        let Some(path) = path else { continue };
+        let line = check::certificate(key, path);
+        if !line.ok {
+            tracing::warn!(key, problem = %line.detail, "certificate will be refused by peers: {line}");
+        }
+    }
 }

@@ -33,6 +33,7 @@ pub const PUBLISH_RELEASED: &str = "audrey_federation_publish_released_total";
 pub const RECEIVED: &str = "audrey_federation_received_total";
 pub const REJECTED: &str = "audrey_federation_rejected_total";
 pub const HANDLER_RETRIES: &str = "audrey_federation_handler_retries_total";
+pub const PROXY_REFUSED: &str = "audrey_federation_proxy_refused_total";
 
 /// `link` label values of the broker metrics.
 pub const LINK_PUBLISH: &str = "publish";
@@ -82,6 +83,10 @@ fn describe() {
     describe_counter!(
         CAPTURED,
         "Changes recorded durably in the outbox, by event kind."
+    );
+    describe_counter!(
+        PROXY_REFUSED,
+        "Requests refused by proxy.restrict (403, never forwarded), by reason."
     );
     describe_counter!(
         CAPTURE_SKIPPED,
@@ -204,6 +209,10 @@ pub fn proxy_request(route: &'static str, status: StatusCode, elapsed: Duration)
 
 pub fn captured(kind: &'static str) {
     counter!(CAPTURED, "kind" => kind).increment(1);
+}
+
+pub fn proxy_refused(reason: &'static str) {
+    counter!(PROXY_REFUSED, "reason" => reason).increment(1);
 }
 
 pub fn capture_skipped(reason: &'static str) {

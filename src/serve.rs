@@ -31,6 +31,12 @@ pub struct Peer {
 
 /// Serves `listener` until `shutdown` fires, then waits up to `drain` for in-flight
 /// connections to finish. Returns the number of connections still open at the deadline.
+///
+/// An HTTP/1 client that has not sent a request's whole head `header_read_timeout` after it
+/// began (or after the previous response) is disconnected (slow-loris). A head larger than
+/// hyper's read buffer (~400 KiB) or with more than 100 header fields is answered 431, a
+/// request target over 64 KiB 414, any other malformed head 400, and the connection closed;
+/// such a request never reaches the service.
 pub async fn serve<S, F>(
     name: &'static str,
     listener: TcpListener,
@@ -38,6 +44,7 @@ pub async fn serve<S, F>(
     service: S,
     shutdown: CancellationToken,
     drain: Duration,
+    header_read_timeout: Duration,
 ) -> usize
 where
     S: Fn(Request<Incoming>, Peer) -> F + Send + Sync + 'static,
@@ -49,7 +56,7 @@ where
     builder
         .http1()
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30));
+        .header_read_timeout(header_read_timeout);
     loop {
         let (stream, addr) = tokio::select! {
             _ = shutdown.cancelled() => break,

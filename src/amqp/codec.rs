@@ -108,6 +108,23 @@ pub fn from_message(m: &Message<Body<Value>>) -> Result<WireMessage, CodecError>
     }
 }
 
+/// Decodes the bytes of a bare AMQP message the way the receiver does, then maps it as
+/// [`from_message`] does. `None`: the bytes are no AMQP message (the receiver then fails the
+/// delivery with a decode error, which the subscriber dead-letters). For the fuzzer and its
+/// corpus test (`crate::fuzzing`); never panics, whatever the bytes.
+pub fn from_encoded(bytes: &[u8]) -> Option<Result<WireMessage, CodecError>> {
+    use fe2o3_amqp::types::messaging::message::__private::Deserializable;
+    let message: Deserializable<Message<Body<Value>>> = serde_amqp::from_slice(bytes).ok()?;
+    Some(from_message(&message.0))
+}
+
+/// The bytes a sender puts on the wire for `w` (what [`from_encoded`] reads back).
+pub fn to_encoded(w: &WireMessage) -> Vec<u8> {
+    use fe2o3_amqp::types::messaging::message::__private::Serializable;
+    // Strings, integers and binaries always encode.
+    serde_amqp::to_vec(&Serializable(to_message(w))).unwrap_or_default()
+}
+
 /// The body bytes as received, for an inbound dead letter: the data sections concatenated,
 /// or the AMQP encoding of any other body.
 pub fn raw_body(m: &Message<Body<Value>>) -> Vec<u8> {

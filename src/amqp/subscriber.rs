@@ -4,7 +4,8 @@
 //! Owns the subscribe link's life (connect, session, receiver attach with manual settlement and
 //! bounded credit, reconnect forever with capped jittered backoff, detach on shutdown) and the
 //! settlement policy: an invalid message is kept as an inbound dead letter, then rejected with
-//! the reason; a valid change is handed to the [`ChangeHandler`] and accepted only when it
+//! the reason, and so is a change from an origin site `amqp.accept_origins` does not list (when
+//! set); a valid change is handed to the [`ChangeHandler`] and accepted only when it
 //! answers `Ok`; an `Err` is retried (same message, backoff) and nothing later overtakes it.
 //! A crash before the accept makes the broker redeliver: the handler must be idempotent.
 //! Heartbeats are counted, handed to [`ChangeHandler::heartbeat`] and accepted. On shutdown it
@@ -32,6 +33,8 @@ use crate::metrics;
 use crate::store::{Store, StoreError};
 use crate::wire::{self, Heartbeat, Inbound, WireError};
 
+/// `reason` label of a change whose origin site `amqp.accept_origins` does not list.
+pub const ORIGIN_NOT_ACCEPTED: &str = "origin_not_accepted";
 /// Deliveries the broker may push ahead of the one being handled.
 pub const CREDIT: u32 = 16;
 /// First and largest pause between two attempts of a failing handler.
@@ -222,6 +225,13 @@ impl<H: ChangeHandler> Subscriber<H> {
             codec::from_message(message).and_then(|w| wire::decode_inbound(&w).map_err(Into::into));
         let change = match decoded {
             Ok(Inbound::Change(change)) => change,
+            Ok(Inbound::Heartbeat(hb)) if !self.accepts_origin(&hb.origin_site) => {
+                // Liveness of a site this one does not federate with: settled, not recorded
+                // (not counted as rejected either: it is no change, and it comes every few seconds).
+                receiver.accept(&delivery).await.map_err(link)?;
+                tracing::debug!(origin_site = %hb.origin_site, "heartbeat of a site not in amqp.accept_origins ignored");
+                return Ok(true);
+            }
             Ok(Inbound::Heartbeat(hb)) => {
                 metrics::heartbeat_received(&hb.origin_site);
                 tracing::trace!(origin_site = %hb.origin_site, sent_at_ms = hb.sent_at_ms, "heartbeat");
@@ -237,16 +247,20 @@ impl<H: ChangeHandler> Subscriber<H> {
                 return Ok(true);
             }
             Err(e) => {
-                let reason = e.to_string();
-                self.store
-                    .dead_letter_inbound(codec::raw_body(message), &reason)
+                self.refuse(receiver, &delivery, e.to_string(), e.as_str())
                     .await?;
-                reject(receiver, &delivery, &reason).await?;
-                metrics::rejected(e.as_str());
-                tracing::warn!(reason = %reason, "inbound message rejected and dead-lettered");
                 return Ok(true);
             }
         };
+        if !self.accepts_origin(&change.origin_site) {
+            let reason = format!(
+                "origin site {:?} is not in amqp.accept_origins",
+                change.origin_site
+            );
+            self.refuse(receiver, &delivery, reason, ORIGIN_NOT_ACCEPTED)
+                .await?;
+            return Ok(true);
+        }
         let kind = change.event.kind();
         let mut backoff = Backoff::new(HANDLER_RETRY_INITIAL, HANDLER_RETRY_MAX);
         loop {
@@ -273,6 +287,32 @@ impl<H: ChangeHandler> Subscriber<H> {
                 }
             }
         }
+    }
+}
+
+impl<H> Subscriber<H> {
+    /// `amqp.accept_origins` empty (any origin), listing `origin`, or `origin` is this site.
+    fn accepts_origin(&self, origin: &str) -> bool {
+        let list = &self.cfg.accept_origins;
+        list.is_empty() || origin == self.site || list.iter().any(|o| o == origin)
+    }
+
+    /// Keeps an invalid or refused message as an inbound dead letter, then rejects it at the
+    /// broker with `reason`, counts it under `label` and logs it. It is never applied.
+    async fn refuse(
+        &self,
+        receiver: &Receiver,
+        delivery: &Delivery<Body<Value>>,
+        reason: String,
+        label: &'static str,
+    ) -> Result<(), SubscribeError> {
+        self.store
+            .dead_letter_inbound(codec::raw_body(delivery.message()), &reason)
+            .await?;
+        reject(receiver, delivery, &reason).await?;
+        metrics::rejected(label);
+        tracing::warn!(reason = %reason, label, "inbound message rejected and dead-lettered");
+        Ok(())
     }
 }
 

@@ -239,7 +239,7 @@ pub(crate) fn classify_io(
             | AlertDescription::AccessDenied),
         ) if has_cert => AmqpError::ClientCertificateRejected { alert: alert(a) },
         rustls::Error::InvalidCertificate(reason) => AmqpError::ServerCertificateRejected {
-            reason: format!("{reason:?}"),
+            reason: reason.to_string(),
         },
         other => AmqpError::Tls {
             addr: addr.to_owned(),

@@ -21,6 +21,9 @@ pub enum ProxyError {
     Upstream(hyper_util::client::legacy::Error),
     #[error("change not recorded: {0}")]
     Store(String),
+    /// Refused by `[proxy.restrict]`; never forwarded.
+    #[error("refused: {0}")]
+    Forbidden(String),
 }
 
 impl ProxyError {
@@ -40,6 +43,7 @@ impl ProxyError {
                 StatusCode::BAD_GATEWAY,
                 format!("audrey-federation: upstream {upstream} unreachable: {}", root_cause(e)),
             ),
+            ProxyError::Forbidden(m) => (StatusCode::FORBIDDEN, format!("audrey-federation: {m}")),
             ProxyError::Store(m) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("audrey-federation: the change reached the server but could not be recorded for federation ({m}); retry"),

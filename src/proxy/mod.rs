@@ -9,6 +9,7 @@ pub mod capture;
 pub mod error;
 pub mod forwarded;
 pub mod headers;
+pub mod restrict;
 pub mod upstream;
 
 use std::sync::Arc;
@@ -27,6 +28,7 @@ use crate::serve::Peer;
 use crate::store::Store;
 use error::ProxyError;
 use forwarded::TrustedProxies;
+use restrict::{Refusal, Restrict};
 
 /// Shared state of the proxy listener.
 pub struct Proxy {
@@ -38,6 +40,7 @@ pub struct Proxy {
     /// `proxy.capture`: when false every route is forwarded as a non-capturing one.
     capture: bool,
     trusted: TrustedProxies,
+    restrict: Restrict,
     store: Store,
     /// Woken after each durable append, so the publisher need not poll.
     wake: Arc<Notify>,
@@ -59,6 +62,7 @@ impl Proxy {
             body_limit: cfg.capture_body_limit,
             capture: cfg.capture,
             trusted: TrustedProxies::new(&cfg.trusted_proxies),
+            restrict: Restrict::new(&cfg.restrict),
             store,
             wake,
         })
@@ -90,6 +94,21 @@ impl Proxy {
         let client_addr = self
             .trusted
             .client_addr(peer.addr.ip(), headers::forwarded_for(&parts.headers));
+        let target = parts
+            .uri
+            .path_and_query()
+            .map_or_else(|| parts.uri.path().to_owned(), |pq| pq.as_str().to_owned());
+        if !self.restrict.is_off() {
+            self.restrict
+                .check_head(
+                    &parts.method,
+                    &target,
+                    &parts.headers,
+                    client_addr,
+                    route.is_capturing(),
+                )
+                .map_err(refused)?;
+        }
 
         headers::strip_hop_by_hop(&mut parts.headers);
         // We answer `Expect: 100-continue` ourselves (hyper does when the body is read).
@@ -114,6 +133,11 @@ impl Proxy {
                 .get(CONTENT_LENGTH)
                 .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
             let bytes = capture::read_body(body, declared, self.body_limit).await?;
+            if !self.restrict.is_off() {
+                self.restrict
+                    .check_body(&target, &parts.headers, &bytes, client_addr)
+                    .map_err(refused)?;
+            }
             let pending = capture::prepare(&route, &bytes, client_addr);
             (crate::body::full(bytes), pending)
         } else {
@@ -151,4 +175,11 @@ impl Proxy {
             .build()
             .map_err(|e| ProxyError::BadRequest(format!("cannot rebuild request target: {e}")))
     }
+}
+
+/// A request `[proxy.restrict]` refuses: counted, logged, answered 403, never forwarded.
+fn refused(r: Refusal) -> ProxyError {
+    crate::metrics::proxy_refused(r.label);
+    tracing::warn!(reason = %r.reason, "request refused by proxy.restrict");
+    ProxyError::Forbidden(r.reason)
 }

@@ -23,6 +23,9 @@ mod heartbeat;
 pub const FORMAT_VERSION: u8 = 1;
 /// Content type of the body.
 pub const CONTENT_TYPE: &str = "application/json";
+/// Largest body [`decode_inbound`] reads (16 MiB): a change carries at most one request body of
+/// `proxy.capture_body_limit` (1 MiB by default), JSON-escaped; anything larger is hostile.
+pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 /// Placeholder replaced in the routing key template.
 pub const DEPLOYMENT_PLACEHOLDER: &str = "{deployment}";
 
@@ -115,6 +118,8 @@ pub enum WireError {
     },
     #[error("message property `{0}` appears more than once")]
     DuplicateProperty(String),
+    #[error("body of {0} bytes is over the limit of {MAX_BODY_BYTES} bytes")]
+    TooLarge(usize),
     #[error("content type is {0:?}, expected \"application/json\"")]
     ContentType(String),
     #[error("unknown event_kind {0:?} (audrey_format 1 knows params, registration, deletion)")]
@@ -152,6 +157,7 @@ impl WireError {
             WireError::MissingProperty(_) => "missing_property",
             WireError::PropertyType { .. } => "property_type",
             WireError::DuplicateProperty(_) => "duplicate_property",
+            WireError::TooLarge(_) => "too_large",
             WireError::ContentType(_) => "content_type",
             WireError::UnknownKind(_) => "unknown_kind",
             WireError::Body(_) => "bad_body",
@@ -238,6 +244,9 @@ pub fn decode_inbound(msg: &WireMessage) -> Result<Inbound, WireError> {
         Some(Some(v)) if v == u64::from(FORMAT_VERSION) => {}
         Some(found) => return Err(WireError::UnsupportedVersion(found)),
         None => return Err(WireError::UnsupportedVersion(None)),
+    }
+    if msg.body.len() > MAX_BODY_BYTES {
+        return Err(WireError::TooLarge(msg.body.len()));
     }
     let media_type = msg
         .content_type

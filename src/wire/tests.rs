@@ -669,3 +669,16 @@ fn an_unknown_kind_is_still_refused() {
         assert_eq!(err, WireError::UnknownKind(kind.to_owned()));
     }
 }
+
+#[test]
+fn a_body_over_the_limit_is_refused_after_the_version() {
+    let mut msg = good();
+    msg.body = vec![b' '; MAX_BODY_BYTES + 1];
+    let err = decode(&msg).expect_err("too large");
+    assert_eq!(err.as_str(), "too_large", "{err}");
+    msg.properties[0].1 = WireValue::U8(9);
+    assert_eq!(
+        decode(&msg).expect_err("version").as_str(),
+        "unsupported_version"
+    );
+}
