@@ -5,13 +5,16 @@
 pub mod broker;
 pub mod broker_layout;
 pub mod certs;
+pub mod checker;
 pub mod client;
 pub mod emulator;
+pub mod fault_proxy;
 pub mod relay;
 pub mod scenario;
 pub mod sidecar;
 pub mod site;
 pub mod upstream;
+pub mod workload;
 
 /// Path of one of our binaries: Cargo's `CARGO_BIN_EXE_*` in tests, else (the demo example)
 /// the binary beside `target/<profile>/examples/`.

@@ -43,28 +43,43 @@ impl Sidecar {
 
     /// Starts the binary on an existing config file (a restart keeps the state folder).
     pub fn start_with(dir: &Path, config: PathBuf) -> Sidecar {
+        Sidecar::start_wrapped(dir, config, &[])
+    }
+
+    /// [`Sidecar::start_with`], run through `wrapper` (a command and its arguments that
+    /// execs the rest, e.g. `faketime -f +30s`) when it is not empty.
+    pub fn start_wrapped(dir: &Path, config: PathBuf, wrapper: &[String]) -> Sidecar {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(dir.join("sidecar.log"))
             .unwrap();
-        let mut child = Command::new(super::bin(
+        let bin = super::bin(
             option_env!("CARGO_BIN_EXE_audrey-federation"),
             "audrey-federation",
-        ))
-        .arg("run")
-        .arg("--config")
-        .arg(&config)
-        // `AUDREY_FEDERATION_TEST_LOG` in the test's environment chooses another level.
-        .env(
-            "AUDREY_FEDERATION_LOG",
-            std::env::var("AUDREY_FEDERATION_TEST_LOG")
-                .unwrap_or_else(|_| "info,audrey_federation=debug".into()),
-        )
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(log))
-        .spawn()
-        .expect("spawn audrey-federation");
+        );
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        let mut child = cmd
+            .arg("run")
+            .arg("--config")
+            .arg(&config)
+            // `AUDREY_FEDERATION_TEST_LOG` in the test's environment chooses another level.
+            .env(
+                "AUDREY_FEDERATION_LOG",
+                std::env::var("AUDREY_FEDERATION_TEST_LOG")
+                    .unwrap_or_else(|_| "info,audrey_federation=debug".into()),
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn audrey-federation");
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();
         // Every stdout line is also kept in `sidecar.stdout` (see `Sidecar::stdout`).
