@@ -61,9 +61,11 @@ where
     let history: History = running.await.expect("workload task");
     let verdict = verify(&mut fed, &history).await;
     println!("{}", verdict.summary(name, &knobs, started.elapsed()));
+    let kept = if verdict.clean() { None } else { fed.keep() };
     assert!(
         verdict.clean(),
-        "schedule {name}, seed {} (AUDREY_CHECK_SEED={} replays it): {:#?}",
+        "schedule {name}, seed {} (AUDREY_CHECK_SEED={} replays it; sites kept in {kept:?}): \
+         {:#?}",
         knobs.seed,
         knobs.seed,
         verdict.problems

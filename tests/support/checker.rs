@@ -67,7 +67,7 @@ pub struct Federation {
     pub targets: Targets,
     pub server_proxy: Option<FaultProxy>,
     pub broker_relay: Option<Relay>,
-    _dir: tempfile::TempDir,
+    dir: Option<tempfile::TempDir>,
 }
 
 impl Federation {
@@ -134,8 +134,13 @@ impl Federation {
             targets,
             server_proxy,
             broker_relay,
-            _dir: dir,
+            dir: Some(dir),
         }
+    }
+
+    /// Keeps the sites' folders (logs, request logs, state) after the test, for a post-mortem.
+    pub fn keep(&mut self) -> Option<PathBuf> {
+        self.dir.take().map(|d| d.keep())
     }
 
     /// SIGKILL site `i`'s sidecar and start it again on its state; guests follow it.
@@ -217,6 +222,10 @@ pub struct Verdict {
     pub lost: u64,
     /// Changes applied more than once at a site (counted per extra application).
     pub duplicated: u64,
+    /// The same change applied again right after itself at a site (the server applied it but
+    /// its answer was lost, so the sender re-sent it): no observable effect, since a params
+    /// report sets the same values again. Counted, not a failure.
+    pub reapplied: u64,
     /// Times an instance's value moved back to an older one at a site.
     pub backwards: u64,
     /// Effects at another site of a request its origin's server never applied.
@@ -247,7 +256,8 @@ impl Verdict {
     pub fn summary(&self, schedule: &str, knobs: &Knobs, total: Duration) -> String {
         format!(
             "reliability schedule={schedule} seed={} scale={} issued={} acked={} applied={} \
-             lost={} duplicated={} backwards={} phantom={} converged_in={:.1}s total={:.1}s",
+             lost={} duplicated={} reapplied={} backwards={} phantom={} converged_in={:.1}s \
+             total={:.1}s",
             knobs.seed,
             knobs.scale,
             self.issued,
@@ -255,6 +265,7 @@ impl Verdict {
             self.applied,
             self.lost,
             self.duplicated,
+            self.reapplied,
             self.backwards,
             self.phantom,
             self.converge_secs,
@@ -308,7 +319,13 @@ fn judge(fed: &Federation, h: &History) -> Verdict {
                     "{name}: registration of {uuid} applied {regs} times"
                 ));
             }
-            let ns = at.reports.get(uuid).cloned().unwrap_or_default();
+            let mut ns = at.reports.get(uuid).cloned().unwrap_or_default();
+            if !home {
+                // At the origin every attempt has its own tag: a repeat there is a duplicate.
+                let before = ns.len();
+                ns.dedup();
+                v.reapplied += (before - ns.len()) as u64;
+            }
             let mut counts: BTreeMap<u64, u64> = BTreeMap::new();
             for n in &ns {
                 *counts.entry(*n).or_default() += 1;

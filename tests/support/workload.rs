@@ -11,7 +11,7 @@
 //! drive faults.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -31,6 +31,8 @@ pub struct Targets {
     pub hosts: Vec<String>,
     /// Requests answered so far (any answer), for a fault driver to pace itself on.
     pub progress: Arc<AtomicU64>,
+    /// Set once the workload has sent its last operation.
+    pub done: Arc<AtomicBool>,
 }
 
 impl Targets {
@@ -42,6 +44,7 @@ impl Targets {
                 .map(|s| format!("configserver.{}.example", s.name))
                 .collect(),
             progress: Arc::new(AtomicU64::new(0)),
+            done: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -50,12 +53,12 @@ impl Targets {
         self.proxies.write().unwrap()[i] = addr;
     }
 
-    /// Waits until `more` further requests were answered (bounded by [`OP_LIMIT`]; a stalled
-    /// workload fails the test).
+    /// Waits until `more` further requests were answered or the workload is done (bounded by
+    /// [`OP_LIMIT`]; a stalled workload fails the test).
     pub async fn after(&self, more: u64) {
         let target = self.progress.load(Ordering::SeqCst) + more;
         let deadline = Instant::now() + OP_LIMIT;
-        while self.progress.load(Ordering::SeqCst) < target {
+        while self.progress.load(Ordering::SeqCst) < target && !self.done.load(Ordering::SeqCst) {
             assert!(Instant::now() < deadline, "workload stalled");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -199,6 +202,7 @@ impl Workload {
         for _ in 0..self.shape.ops {
             self.step().await;
         }
+        self.targets.done.store(true, Ordering::SeqCst);
     }
 
     async fn step(&mut self) {
