@@ -57,7 +57,9 @@ where
     });
     // The broker guard stays held (others wait); faults that restart it use `broker::shared`.
     drop(broker);
+    let stop = fed.targets.stop.clone();
     let mut fed = faults(fed, knobs).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let history: History = running.await.expect("workload task");
     let verdict = verify(&mut fed, &history).await;
     println!("{}", verdict.summary(name, &knobs, started.elapsed()));
@@ -144,7 +146,7 @@ async fn local_server_down_slow_and_failing_at_one_site() {
             ] {
                 fed.targets.after(10).await;
                 proxy.set(mode);
-                fed.targets.after(10).await;
+                fed.targets.after(40).await;
                 proxy.set(Mode::Pass);
             }
         }

@@ -5,7 +5,8 @@
 //!
 //! Each report carries a unique tag `n` (a provided parameter beside `ipaddress`), so every
 //! effect a server applied can be traced to exactly one request. A sender retries (with a new
-//! tag) until it is told 2xx, bounded in time, like a guest agent. Deletions only touch
+//! tag) until it is told 2xx, bounded in time, like a guest agent. The plan is drawn from the
+//! seed up front; one sender per site sends its part of it, the sites concurrently. Deletions only touch
 //! "local" deployments (every instance registered at the deleting site): the federation orders
 //! changes per origin, not across origins. It must not check anything (`checker.rs` does) nor
 //! drive faults.
@@ -33,6 +34,8 @@ pub struct Targets {
     pub progress: Arc<AtomicU64>,
     /// Set once the workload has sent its last operation.
     pub done: Arc<AtomicBool>,
+    /// Set by the test once its faults are over: the workload ends after its base share.
+    pub stop: Arc<AtomicBool>,
 }
 
 impl Targets {
@@ -45,6 +48,7 @@ impl Targets {
                 .collect(),
             progress: Arc::new(AtomicU64::new(0)),
             done: Arc::new(AtomicBool::new(false)),
+            stop: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -156,9 +160,24 @@ impl History {
 pub struct Shape {
     pub seed: u64,
     pub sites: usize,
-    /// Operations after the initial registrations.
+    /// Operations after the initial registrations; the workload goes on (up to
+    /// [`EXTRA`] times as many, paced) until [`Targets::stop`] is set.
     pub ops: usize,
     pub deployments: usize,
+}
+
+/// How many times `Shape::ops` the plan holds for a workload that must outlast its faults.
+pub const EXTRA: usize = 20;
+/// Pause between two operations of one sender beyond the base share.
+const PACE: Duration = Duration::from_millis(20);
+
+/// One planned operation.
+#[derive(Debug, Clone, Copy)]
+enum Op {
+    Register(usize),
+    /// Report of an instance; `true`: the same address again.
+    Report(usize, bool),
+    Delete(usize),
 }
 
 /// The seeded generator and its history.
@@ -167,7 +186,7 @@ pub struct Workload {
     shape: Shape,
     targets: Targets,
     pub history: History,
-    /// Distinguishes the uuids of two workloads in one test binary (same seed or not).
+    /// Distinguishes the uuids of two workloads in one test binary.
     prefix: String,
 }
 
@@ -182,10 +201,47 @@ impl Workload {
         }
     }
 
-    /// Deployments (about a third local to one site, the rest split across sites), two
-    /// instances each, registered; then `ops` random operations. Sequential: one sender at a
-    /// time, so a run is reproducible from its seed (up to timing).
+    /// Plans the whole run from the seed (deployments, about a third local to one site and
+    /// the rest split across sites, two instances each, then `ops` random operations), then
+    /// sends it: one sender per site, each in plan order, all at once. An operation's sender
+    /// is its instance's (or local deployment's) site, so what depends on what stays ordered.
     pub async fn run(&mut self) {
+        let (ops, base) = self.plan();
+        let mut lanes: Vec<Vec<(bool, Op)>> = vec![Vec::new(); self.shape.sites];
+        for (i, op) in ops.into_iter().enumerate() {
+            let site = match op {
+                Op::Register(x) | Op::Report(x, _) => self.history.instances[x].home,
+                Op::Delete(d) => self.history.deployments[d].home.unwrap_or(0),
+            };
+            lanes[site].push((i < base, op));
+        }
+        let history = Arc::new(tokio::sync::Mutex::new(std::mem::take(&mut self.history)));
+        let mut tasks = Vec::new();
+        for lane in lanes {
+            let (history, targets) = (history.clone(), self.targets.clone());
+            tasks.push(tokio::spawn(async move {
+                for (in_base, op) in lane {
+                    if !in_base {
+                        if targets.stop.load(Ordering::SeqCst) {
+                            break;
+                        }
+                        tokio::time::sleep(PACE).await;
+                    }
+                    send(op, &history, &targets).await;
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.expect("workload lane");
+        }
+        self.targets.done.store(true, Ordering::SeqCst);
+        self.history = history.lock().await.clone();
+    }
+
+    /// The operations, and how many of them make the base share (the rest is extra).
+    fn plan(&mut self) -> (Vec<Op>, usize) {
+        let mut ops = Vec::new();
+        let mut deleted = Vec::new();
         for d in 0..self.shape.deployments {
             let home = (self.rng.random_range(0..3) == 0)
                 .then(|| self.rng.random_range(0..self.shape.sites));
@@ -195,117 +251,128 @@ impl Workload {
                 members: Vec::new(),
                 deletions: Vec::new(),
             });
+            deleted.push(false);
             for _ in 0..2 {
-                self.register(d).await;
+                ops.push(Op::Register(self.new_instance(d)));
             }
         }
-        for _ in 0..self.shape.ops {
-            self.step().await;
+        let base = ops.len() + self.shape.ops;
+        for _ in 0..self.shape.ops * EXTRA {
+            let live: Vec<usize> = (0..deleted.len()).filter(|&d| !deleted[d]).collect();
+            if live.is_empty() {
+                break;
+            }
+            let d = live[self.rng.random_range(0..live.len())];
+            let roll = self.rng.random_range(0..100);
+            if roll < 10 {
+                ops.push(Op::Register(self.new_instance(d)));
+            } else if roll < 13 && self.history.deployments[d].home.is_some() {
+                deleted[d] = true;
+                ops.push(Op::Delete(d));
+            } else {
+                let members = &self.history.deployments[d].members;
+                let x = members[self.rng.random_range(0..members.len())];
+                ops.push(Op::Report(x, self.rng.random_range(0..4) == 0));
+            }
         }
-        self.targets.done.store(true, Ordering::SeqCst);
+        (ops, base)
     }
 
-    async fn step(&mut self) {
-        let roll = self.rng.random_range(0..100);
-        let live: Vec<usize> = (0..self.history.deployments.len())
-            .filter(|&d| !self.history.deployments[d].deleted())
-            .collect();
-        if live.is_empty() {
-            return;
-        }
-        let d = live[self.rng.random_range(0..live.len())];
-        if roll < 10 {
-            self.register(d).await;
-        } else if roll < 13 && self.history.deployments[d].home.is_some() {
-            self.delete(d).await;
-        } else {
-            let members = &self.history.deployments[d].members;
-            let x = members[self.rng.random_range(0..members.len())];
-            let repeat = self.rng.random_range(0..4) == 0;
-            self.report(x, repeat).await;
-        }
-    }
-
-    async fn register(&mut self, d: usize) {
+    fn new_instance(&mut self, d: usize) -> usize {
         let k = self.history.instances.len();
         let dep = &self.history.deployments[d];
         let home = dep
             .home
             .unwrap_or_else(|| self.rng.random_range(0..self.shape.sites));
-        let uuid = format!("{}-I{k}", self.prefix);
-        let xml = InstanceXml::new(&uuid, &dep.id, &format!("s{k}"))
+        let xml = InstanceXml::new(&format!("{}-I{k}", self.prefix), &dep.id, &format!("s{k}"))
             .provides("ipaddress")
             .provides("n");
-        let conductor = Site::conductor();
-        let body = xml.to_xml();
-        let targets = self.targets.clone();
-        let attempts = retry(&self.targets.progress.clone(), false, |_| {
-            let c = targets.client(home);
-            let (conductor, uuid, body) = (conductor.clone(), uuid.clone(), body.clone());
-            async move {
-                c.register(&conductor, 1, &uuid, &body)
-                    .await
-                    .ok()
-                    .map(|r| r.status)
-            }
-        })
-        .await;
-        self.history.gave_up += u64::from(!attempts.iter().any(Attempt::ok));
         self.history.deployments[d].members.push(k);
         self.history.instances.push(Instance {
             xml,
             home,
             deployment: d,
-            registrations: attempts,
+            registrations: Vec::new(),
             reports: Vec::new(),
         });
+        k
     }
+}
 
-    async fn report(&mut self, x: usize, repeat: bool) {
-        let inst = &self.history.instances[x];
-        let last = inst.reports.len() as u64;
-        // A repeated report sends the last address again (still a new request, new tag).
-        let address = if repeat && last > 0 {
-            format!("10.{x}.{}.1", last - 1)
-        } else {
-            format!("10.{x}.{last}.1")
-        };
-        let (home, uuid, secret) = (inst.home, inst.xml.uuid.clone(), inst.xml.secret.clone());
-        let targets = self.targets.clone();
-        let first_n = last + 1;
-        let mut attempts = retry(&self.targets.progress.clone(), false, |i| {
-            let c = targets.client(home);
-            let n = (first_n + i).to_string();
-            let data = audrey_data(&[("ipaddress", &address), ("n", &n)]);
-            let (uuid, secret) = (uuid.clone(), secret.clone());
-            async move {
-                c.put_params(2, &uuid, &secret, &data, Placement::Header)
-                    .await
-                    .ok()
-                    .map(|r| r.status)
-            }
-        })
-        .await;
-        for a in attempts.iter_mut() {
-            a.n += first_n;
+/// Sends one operation until it is acknowledged (bounded) and records its attempts.
+async fn send(op: Op, history: &tokio::sync::Mutex<History>, targets: &Targets) {
+    let progress = &targets.progress;
+    match op {
+        Op::Register(x) => {
+            let (home, uuid, body) = {
+                let h = history.lock().await;
+                let i = &h.instances[x];
+                (i.home, i.xml.uuid.clone(), i.xml.to_xml())
+            };
+            let conductor = Site::conductor();
+            let attempts = retry(progress, false, |_| {
+                let c = targets.client(home);
+                let (conductor, uuid, body) = (conductor.clone(), uuid.clone(), body.clone());
+                async move {
+                    let r = c.register(&conductor, 1, &uuid, &body).await;
+                    r.ok().map(|r| r.status)
+                }
+            })
+            .await;
+            let mut h = history.lock().await;
+            h.gave_up += u64::from(!attempts.iter().any(Attempt::ok));
+            h.instances[x].registrations = attempts;
         }
-        self.history.gave_up += u64::from(!attempts.iter().any(Attempt::ok));
-        self.history.instances[x].reports.extend(attempts);
-    }
-
-    async fn delete(&mut self, d: usize) {
-        let dep = &self.history.deployments[d];
-        let Some(home) = dep.home else { return };
-        let id = dep.id.clone();
-        let targets = self.targets.clone();
-        let attempts = retry(&self.targets.progress.clone(), true, |_| {
-            let c = targets.client(home);
-            let id = id.clone();
-            async move { c.delete_deployment(1, &id).await.ok().map(|r| r.status) }
-        })
-        .await;
-        self.history.gave_up += u64::from(!attempts.iter().any(Attempt::ok));
-        self.history.deployments[d].deletions.extend(attempts);
+        Op::Report(x, repeat) => {
+            let (home, uuid, secret, last) = {
+                let h = history.lock().await;
+                let i = &h.instances[x];
+                let last = i.reports.len() as u64;
+                (i.home, i.xml.uuid.clone(), i.xml.secret.clone(), last)
+            };
+            // A repeated report sends the last address again (a new request, new tag).
+            let address = if repeat && last > 0 {
+                format!("10.{x}.{}.1", last - 1)
+            } else {
+                format!("10.{x}.{last}.1")
+            };
+            let first_n = last + 1;
+            let mut attempts = retry(progress, false, |i| {
+                let c = targets.client(home);
+                let n = (first_n + i).to_string();
+                let data = audrey_data(&[("ipaddress", &address), ("n", &n)]);
+                let (uuid, secret) = (uuid.clone(), secret.clone());
+                async move {
+                    let r = c
+                        .put_params(2, &uuid, &secret, &data, Placement::Header)
+                        .await;
+                    r.ok().map(|r| r.status)
+                }
+            })
+            .await;
+            for a in attempts.iter_mut() {
+                a.n += first_n;
+            }
+            let mut h = history.lock().await;
+            h.gave_up += u64::from(!attempts.iter().any(Attempt::ok));
+            h.instances[x].reports.extend(attempts);
+        }
+        Op::Delete(d) => {
+            let (home, id) = {
+                let h = history.lock().await;
+                let dep = &h.deployments[d];
+                (dep.home.unwrap_or(0), dep.id.clone())
+            };
+            let attempts = retry(progress, true, |_| {
+                let c = targets.client(home);
+                let id = id.clone();
+                async move { c.delete_deployment(1, &id).await.ok().map(|r| r.status) }
+            })
+            .await;
+            let mut h = history.lock().await;
+            h.gave_up += u64::from(!attempts.iter().any(Attempt::ok));
+            h.deployments[d].deletions = attempts;
+        }
     }
 }
 
