@@ -175,3 +175,130 @@ async fn broker_link_of_one_site_cut_and_restored() {
     })
     .await;
 }
+
+/// Is a private mount namespace (for a tmpfs only one sidecar sees) available here?
+fn can_unshare() -> bool {
+    std::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "true"])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Runs `script` (sh) inside the mount namespace of process `pid`.
+fn in_namespace_of(pid: i32, script: &str) -> std::process::Output {
+    std::process::Command::new("nsenter")
+        .args(["-t", &pid.to_string(), "-m", "--", "sh", "-c", script])
+        .output()
+        .expect("run nsenter")
+}
+
+/// Sends big reports of `probe` through `site` until one is refused with 503 (bounded);
+/// returns the refusal's body.
+async fn until_refused(site: &support::site::Site, probe: &support::client::InstanceXml) -> String {
+    let blob = "x".repeat(256 * 1024);
+    for i in 0..60 {
+        let data =
+            support::client::audrey_data(&[("ipaddress", &format!("10.9.9.{i}")), ("blob", &blob)]);
+        let r = site
+            .client()
+            .put_params(
+                2,
+                &probe.uuid,
+                &probe.secret,
+                &data,
+                support::client::Placement::Header,
+            )
+            .await
+            .expect("probe report");
+        if r.status == 503 {
+            return r.text();
+        }
+        assert!(r.status == 200 || r.status == 202, "probe: {r:?}");
+    }
+    panic!("{}: the store never refused a write", site.name);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_directory_full_or_read_only() {
+    let _turn = TURN.lock().await;
+    // Site 0's state directory is a 16 MiB tmpfs mounted in a mount namespace of its own
+    // sidecar only (nothing outlives the sidecar); site 1's store file is made immutable.
+    let full = can_unshare();
+    if !full {
+        eprintln!("SKIP (disk full part): cannot create a mount namespace here");
+    }
+    let wrapper: Vec<String> = [
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        "mkdir -p \"$0\" && mount -t tmpfs -o size=16m tmpfs \"$0\" && exec \"$@\"",
+        "{dir}/state",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let wiring = Wiring {
+        wrapper: full.then(|| (0, wrapper)),
+        ..Wiring::default()
+    };
+    schedule(
+        "disk-full-read-only",
+        wiring,
+        120,
+        |fed, knobs| async move {
+            let probes: Vec<_> = (0..2)
+                .map(|i| {
+                    support::client::InstanceXml::new(&format!("probe-{i}"), "probe-D", "probe-s")
+                        .provides("ipaddress")
+                })
+                .collect();
+            for (i, p) in probes.iter().enumerate() {
+                fed.sites[i].register(p).await;
+            }
+            for _ in 0..knobs.scale {
+                if full {
+                    fed.targets.after(20).await;
+                    let state = fed.sites[0].dir.join("state");
+                    let pid = fed.sites[0].sidecar.pid().as_raw();
+                    let fill = format!(
+                        "dd if=/dev/zero of={}/filler bs=64k count=1000 2>/dev/null; true",
+                        state.display()
+                    );
+                    in_namespace_of(pid, &fill);
+                    let reason = until_refused(&fed.sites[0], &probes[0]).await;
+                    assert!(
+                        reason.contains("No space left on device"),
+                        "503 reason: {reason}"
+                    );
+                    fed.targets.after(30).await;
+                    in_namespace_of(pid, &format!("rm -f {}/filler", state.display()));
+                }
+                fed.targets.after(20).await;
+                let file = fed.sites[1].dir.join("state").join("state.redb");
+                let set = |flag: &str| {
+                    std::process::Command::new("chattr")
+                        .arg(flag)
+                        .arg(&file)
+                        .status()
+                        .is_ok_and(|s| s.success())
+                };
+                if set("+i") {
+                    let reason = until_refused(&fed.sites[1], &probes[1]).await;
+                    let cleared = set("-i");
+                    assert!(
+                        reason.contains("Operation not permitted"),
+                        "503 reason: {reason}"
+                    );
+                    assert!(cleared, "chattr -i");
+                } else {
+                    eprintln!("SKIP (read-only part): chattr +i not permitted here");
+                }
+            }
+            fed
+        },
+    )
+    .await;
+}

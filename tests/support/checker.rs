@@ -55,7 +55,8 @@ pub struct Wiring {
     pub server_proxy: Option<usize>,
     /// Put a [`Relay`] between this site's sidecar and the broker.
     pub broker_relay: Option<usize>,
-    /// Run this site's sidecar through a wrapper command (e.g. `faketime`).
+    /// Run this site's sidecar through a wrapper command (e.g. `faketime`); `{dir}` in it
+    /// stands for the site's folder (its state is in `{dir}/state`).
     pub wrapper: Option<(usize, Vec<String>)>,
 }
 
@@ -112,7 +113,10 @@ impl Federation {
                 broker.amqps_url()
             };
             let wrapper = match &wiring.wrapper {
-                Some((w, cmd)) if *w == i => cmd.clone(),
+                Some((w, cmd)) if *w == i => cmd
+                    .iter()
+                    .map(|a| a.replace("{dir}", &sdir.display().to_string()))
+                    .collect(),
                 _ => Vec::new(),
             };
             sites.push(Site::launch_wrapped(
