@@ -302,3 +302,90 @@ async fn state_directory_full_or_read_only() {
     )
     .await;
 }
+
+/// Clock offsets of the sites in the skew schedule (seconds, `FAKETIME` syntax).
+const SKEW: [(usize, i64); 2] = [(1, -30), (2, 30)];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clock_skew_between_sites() {
+    const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+    let _turn = TURN.lock().await;
+    assert!(
+        std::path::Path::new(LIBFAKETIME).exists(),
+        "{LIBFAKETIME} missing: scripts/install-deps installs faketime"
+    );
+    // One site's clock 30 s behind, one 30 s ahead (wall clock only: timers and timeouts
+    // use the monotonic clock, left alone). The wrapper takes one site, so the second
+    // skewed site is the broker-facing relay-free site 2 run through `env` as well.
+    let skewed = |offset: i64| -> Vec<String> {
+        vec![
+            "env".into(),
+            format!("LD_PRELOAD={LIBFAKETIME}"),
+            format!("FAKETIME={offset:+}s"),
+            "FAKETIME_DONT_FAKE_MONOTONIC=1".into(),
+            "FAKETIME_NO_CACHE=1".into(),
+        ]
+    };
+    let wiring = Wiring {
+        wrapper: Some((SKEW[0].0, skewed(SKEW[0].1))),
+        wrapper2: Some((SKEW[1].0, skewed(SKEW[1].1))),
+        ..Wiring::default()
+    };
+    schedule("clock-skew", wiring, 120, |fed, _| async move {
+        fed.targets.after(80).await;
+        // Every site has applied something from every other (a site whose clock is behind
+        // may first see the broker's fresh certificate as not yet valid, and retry).
+        let deadline = Instant::now() + Duration::from_secs(90);
+        for site in &fed.sites {
+            for origin in fed.names.iter().filter(|o| **o != site.name) {
+                let label = format!("origin_site=\"{origin}\"");
+                while site.metric("audrey_federation_lag_seconds_count", &[&label]).await < 1.0 {
+                    assert!(Instant::now() < deadline, "{}: nothing applied from {origin}", site.name);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        let offset = |site: usize| SKEW.iter().find(|(s, _)| *s == site).map_or(0, |(_, o)| *o);
+        for (s, site) in fed.sites.iter().enumerate() {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs_f64();
+            for (o, origin) in fed.names.iter().enumerate() {
+                if o == s {
+                    continue;
+                }
+                let label = format!("origin_site=\"{origin}\"");
+                let text = site.metrics().await;
+                let sum = support::site::sum_metric(&text, "audrey_federation_lag_seconds_sum", &[&label]);
+                let count = support::site::sum_metric(&text, "audrey_federation_lag_seconds_count", &[&label]);
+                let newest = support::site::sum_metric(
+                    &text,
+                    "audrey_federation_last_applied_timestamp_seconds",
+                    &[&label],
+                );
+                // The histogram never goes negative (an origin ahead of us counts as 0).
+                assert!(sum >= 0.0 && count > 0.0, "{}: lag from {origin}: sum {sum}, count {count}", site.name);
+                // time() - the gauge is the dashboards' lag: it carries the clock
+                // difference (negative for an origin whose clock is ahead): documented.
+                let lag = now - newest;
+                let skew = offset(o) as f64;
+                println!(
+                    "clock-skew: at {} from {origin}: mean histogram lag {:.3}s over {count} changes, time()-last_applied {lag:.1}s (origin clock {:+}s vs real)",
+                    site.name,
+                    sum / count,
+                    offset(o)
+                );
+                // Never below what the clock difference explains; bounded above by the real
+                // delay (a site behind may have waited for the certificate to become valid).
+                assert!(
+                    lag >= -skew - 2.0 && lag <= -skew + 90.0,
+                    "{}: time()-last_applied from {origin} = {lag}",
+                    site.name
+                );
+            }
+        }
+        fed
+    })
+    .await;
+}

@@ -58,6 +58,8 @@ pub struct Wiring {
     /// Run this site's sidecar through a wrapper command (e.g. `faketime`); `{dir}` in it
     /// stands for the site's folder (its state is in `{dir}/state`).
     pub wrapper: Option<(usize, Vec<String>)>,
+    /// A second site run through a wrapper.
+    pub wrapper2: Option<(usize, Vec<String>)>,
 }
 
 /// N running sites and what stands between them.
@@ -112,12 +114,16 @@ impl Federation {
             } else {
                 broker.amqps_url()
             };
-            let wrapper = match &wiring.wrapper {
-                Some((w, cmd)) if *w == i => cmd
+            let wrapper = match [&wiring.wrapper, &wiring.wrapper2]
+                .into_iter()
+                .flatten()
+                .find(|(w, _)| *w == i)
+            {
+                Some((_, cmd)) => cmd
                     .iter()
                     .map(|a| a.replace("{dir}", &sdir.display().to_string()))
                     .collect(),
-                _ => Vec::new(),
+                None => Vec::new(),
             };
             sites.push(Site::launch_wrapped(
                 name,
