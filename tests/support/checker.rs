@@ -294,7 +294,10 @@ fn judge(fed: &Federation, h: &History) -> Verdict {
         ..Verdict::default()
     };
     if h.gave_up > 0 {
-        v.problem(format!("{} operations never got a 2xx answer", h.gave_up));
+        v.problem(format!(
+            "{} operations never got a 2xx answer: {:?}",
+            h.gave_up, h.gave_up_ops
+        ));
     }
     for x in &h.instances {
         let uuid = &x.xml.uuid;

@@ -120,11 +120,25 @@ impl Deployment {
 pub struct History {
     pub instances: Vec<Instance>,
     pub deployments: Vec<Deployment>,
-    /// Operations whose sender gave up (must stay 0).
+    /// Operations whose sender gave up (must stay 0), and what they were told last.
     pub gave_up: u64,
+    pub gave_up_ops: Vec<String>,
 }
 
 impl History {
+    /// Counts an operation none of whose `attempts` was acknowledged.
+    fn note(&mut self, attempts: &[Attempt], what: impl FnOnce() -> String) {
+        if !attempts.iter().any(Attempt::ok) {
+            self.gave_up += 1;
+            let told: Vec<Option<u16>> = attempts.iter().rev().take(3).map(|a| a.status).collect();
+            self.gave_up_ops.push(format!(
+                "{}: {} attempts, last told {told:?}",
+                what(),
+                attempts.len()
+            ));
+        }
+    }
+
     /// Requests sent (every attempt of every operation).
     pub fn issued(&self) -> u64 {
         let i: usize = self
@@ -320,7 +334,7 @@ async fn send(op: Op, history: &tokio::sync::Mutex<History>, targets: &Targets) 
             })
             .await;
             let mut h = history.lock().await;
-            h.gave_up += u64::from(!attempts.iter().any(Attempt::ok));
+            h.note(&attempts, || format!("register {uuid} at site {home}"));
             h.instances[x].registrations = attempts;
         }
         Op::Report(x, repeat) => {
@@ -354,7 +368,9 @@ async fn send(op: Op, history: &tokio::sync::Mutex<History>, targets: &Targets) 
                 a.n += first_n;
             }
             let mut h = history.lock().await;
-            h.gave_up += u64::from(!attempts.iter().any(Attempt::ok));
+            h.note(&attempts, || {
+                format!("report n={first_n} of {uuid} at site {home}")
+            });
             h.instances[x].reports.extend(attempts);
         }
         Op::Delete(d) => {
@@ -370,7 +386,10 @@ async fn send(op: Op, history: &tokio::sync::Mutex<History>, targets: &Targets) 
             })
             .await;
             let mut h = history.lock().await;
-            h.gave_up += u64::from(!attempts.iter().any(Attempt::ok));
+            let gone = attempts.len() > 1 && attempts.last().and_then(|a| a.status) == Some(404);
+            if !gone {
+                h.note(&attempts, || format!("delete {id} at site {home}"));
+            }
             h.deployments[d].deletions = attempts;
         }
     }
