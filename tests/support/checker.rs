@@ -305,7 +305,6 @@ fn judge(fed: &Federation, h: &History) -> Verdict {
             continue;
         }
         let dep = &h.deployments[x.deployment];
-        let deleted = dep.deleted();
         let acked: Vec<u64> = x.reports.iter().filter(|a| a.ok()).map(|a| a.n).collect();
         let home_ns = applied[x.home]
             .reports
@@ -315,6 +314,11 @@ fn judge(fed: &Federation, h: &History) -> Verdict {
         for (s, at) in applied.iter().enumerate() {
             let name = &fed.names[s];
             let home = s == x.home;
+            let deleted = if home {
+                dep.deleted()
+            } else {
+                dep.acked_deleted()
+            };
             // Registrations: the origin's server got one per attempt that reached it; every
             // other site's exactly one (a registration is replayed only when unknown).
             let regs = at.registrations.get(uuid).copied().unwrap_or(0);
@@ -403,7 +407,7 @@ fn judge(fed: &Federation, h: &History) -> Verdict {
                     fed.names[s], d.id
                 ));
             }
-            if d.deleted() && c == 0 && s != home {
+            if d.acked_deleted() && c == 0 && s != home {
                 v.lost += 1;
                 v.problem(format!(
                     "{}: deletion of {} never applied",

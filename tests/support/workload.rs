@@ -107,7 +107,13 @@ pub struct Deployment {
 }
 
 impl Deployment {
-    /// Told 2xx, or 404 to a retry (an earlier, unanswered attempt deleted it).
+    /// Told 2xx: captured, so carried to every site.
+    pub fn acked_deleted(&self) -> bool {
+        self.deletions.iter().any(Attempt::ok)
+    }
+
+    /// Gone at its home: told 2xx, or 404 to a retry (an earlier attempt deleted it there,
+    /// e.g. one answered 503 because the sidecar could not record it: then it is not carried).
     pub fn deleted(&self) -> bool {
         self.deletions.iter().any(Attempt::ok)
             || (self.deletions.len() > 1
