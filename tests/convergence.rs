@@ -93,7 +93,7 @@ async fn broker_killed_and_restarted_under_load() {
         120,
         |fed, knobs| async move {
             let mut rng = StdRng::seed_from_u64(knobs.seed ^ 1);
-            for _ in 0..2 * knobs.scale {
+            for _ in 0..knobs.scale {
                 fed.targets.after(rng.random_range(5..30)).await;
                 let mut b = broker::shared().write().await;
                 b.kill();

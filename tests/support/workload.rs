@@ -189,7 +189,7 @@ pub struct Shape {
 /// How many times `Shape::ops` the plan holds for a workload that must outlast its faults.
 pub const EXTRA: usize = 20;
 /// Pause between two operations of one sender beyond the base share.
-const PACE: Duration = Duration::from_millis(20);
+const PACE: Duration = Duration::from_millis(50);
 
 /// One planned operation.
 #[derive(Debug, Clone, Copy)]
