@@ -315,8 +315,8 @@ async fn clock_skew_between_sites() {
         "{LIBFAKETIME} missing: scripts/install-deps installs faketime"
     );
     // One site's clock 30 s behind, one 30 s ahead (wall clock only: timers and timeouts
-    // use the monotonic clock, left alone). The wrapper takes one site, so the second
-    // skewed site is the broker-facing relay-free site 2 run through `env` as well.
+    // use the monotonic clock, left alone); each sidecar is run through `env` with
+    // libfaketime preloaded.
     let skewed = |offset: i64| -> Vec<String> {
         vec![
             "env".into(),
