@@ -236,6 +236,9 @@ pub struct Verdict {
     /// its answer was lost, so the sender re-sent it): no observable effect, since a params
     /// report sets the same values again. Counted, not a failure.
     pub reapplied: u64,
+    /// Registrations refused with 503 twice, whose third POST the server answered 500: at
+    /// their home server only (a server quirk the sidecar cannot undo). Counted, not checked.
+    pub abandoned: u64,
     /// Times an instance's value moved back to an older one at a site.
     pub backwards: u64,
     /// Effects at another site of a request its origin's server never applied.
@@ -266,7 +269,7 @@ impl Verdict {
     pub fn summary(&self, schedule: &str, knobs: &Knobs, total: Duration) -> String {
         format!(
             "reliability schedule={schedule} seed={} scale={} issued={} acked={} applied={} \
-             lost={} duplicated={} reapplied={} backwards={} phantom={} converged_in={:.1}s \
+             lost={} duplicated={} reapplied={} abandoned={} backwards={} phantom={} converged_in={:.1}s \
              total={:.1}s",
             knobs.seed,
             knobs.scale,
@@ -276,6 +279,7 @@ impl Verdict {
             self.lost,
             self.duplicated,
             self.reapplied,
+            self.abandoned,
             self.backwards,
             self.phantom,
             self.converge_secs,
@@ -291,6 +295,7 @@ fn judge(fed: &Federation, h: &History) -> Verdict {
         issued: h.issued(),
         acked: h.acked(),
         applied: applied.iter().map(|a| a.total).sum(),
+        abandoned: h.abandoned.len() as u64,
         ..Verdict::default()
     };
     if h.gave_up > 0 {

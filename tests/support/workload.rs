@@ -129,6 +129,8 @@ pub struct History {
     /// Operations whose sender gave up (must stay 0), and what they were told last.
     pub gave_up: u64,
     pub gave_up_ops: Vec<String>,
+    /// Instances whose registration reached only their home server (see `send`).
+    pub abandoned: Vec<String>,
 }
 
 impl History {
@@ -330,7 +332,7 @@ async fn send(op: Op, history: &tokio::sync::Mutex<History>, targets: &Targets) 
                 (i.home, i.xml.uuid.clone(), i.xml.to_xml())
             };
             let conductor = Site::conductor();
-            let attempts = retry(progress, false, |_| {
+            let attempts = retry(progress, Some(500), |_| {
                 let c = targets.client(home);
                 let (conductor, uuid, body) = (conductor.clone(), uuid.clone(), body.clone());
                 async move {
@@ -340,13 +342,25 @@ async fn send(op: Op, history: &tokio::sync::Mutex<History>, targets: &Targets) 
             })
             .await;
             let mut h = history.lock().await;
-            h.note(&attempts, || format!("register {uuid} at site {home}"));
+            // Refused with 503 twice (the server applied it, the sidecar could not record
+            // it), the third POST answers 500: registered there only, never carried. The
+            // instance is abandoned (its later reports are not sent).
+            let abandoned =
+                attempts.len() > 2 && attempts.last().and_then(|a| a.status) == Some(500);
+            if abandoned {
+                h.abandoned.push(uuid.clone());
+            } else {
+                h.note(&attempts, || format!("register {uuid} at site {home}"));
+            }
             h.instances[x].registrations = attempts;
         }
         Op::Report(x, repeat) => {
             let (home, uuid, secret, last) = {
                 let h = history.lock().await;
                 let i = &h.instances[x];
+                if !i.registrations.iter().any(Attempt::ok) {
+                    return; // abandoned
+                }
                 let last = i.reports.len() as u64;
                 (i.home, i.xml.uuid.clone(), i.xml.secret.clone(), last)
             };
@@ -357,7 +371,7 @@ async fn send(op: Op, history: &tokio::sync::Mutex<History>, targets: &Targets) 
                 format!("10.{x}.{last}.1")
             };
             let first_n = last + 1;
-            let mut attempts = retry(progress, false, |i| {
+            let mut attempts = retry(progress, None, |i| {
                 let c = targets.client(home);
                 let n = (first_n + i).to_string();
                 let data = audrey_data(&[("ipaddress", &address), ("n", &n)]);
@@ -385,7 +399,7 @@ async fn send(op: Op, history: &tokio::sync::Mutex<History>, targets: &Targets) 
                 let dep = &h.deployments[d];
                 (dep.home.unwrap_or(0), dep.id.clone())
             };
-            let attempts = retry(progress, true, |_| {
+            let attempts = retry(progress, Some(404), |_| {
                 let c = targets.client(home);
                 let id = id.clone();
                 async move { c.delete_deployment(1, &id).await.ok().map(|r| r.status) }
@@ -402,9 +416,13 @@ async fn send(op: Op, history: &tokio::sync::Mutex<History>, targets: &Targets) 
 }
 
 /// Sends attempt 0, 1, ... (numbered `n = i`; the caller renumbers) until one is answered 2xx
-/// or, for a deletion (`gone_ok`), a retry is answered 404 (an earlier attempt deleted it), for
-/// at most [`OP_LIMIT`].
-async fn retry<F, Fut>(progress: &AtomicU64, gone_ok: bool, mut send: F) -> Vec<Attempt>
+/// or a retry is answered `final_on_retry` (a deletion's 404: an earlier attempt deleted it;
+/// a registration's 500: the server's third POST of a uuid), for at most [`OP_LIMIT`].
+async fn retry<F, Fut>(
+    progress: &AtomicU64,
+    final_on_retry: Option<u16>,
+    mut send: F,
+) -> Vec<Attempt>
 where
     F: FnMut(u64) -> Fut,
     Fut: std::future::Future<Output = Option<u16>>,
@@ -415,9 +433,9 @@ where
     for i in 0u64.. {
         let status = send(i).await;
         progress.fetch_add(1, Ordering::SeqCst);
-        let retried_delete_gone = gone_ok && status == Some(404) && i > 0;
+        let settled_on_retry = i > 0 && status.is_some() && status == final_on_retry;
         attempts.push(Attempt { n: i, status });
-        if attempts.last().is_some_and(Attempt::ok) || retried_delete_gone {
+        if attempts.last().is_some_and(Attempt::ok) || settled_on_retry {
             break;
         }
         if Instant::now() >= deadline {
