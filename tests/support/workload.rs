@@ -332,7 +332,7 @@ async fn send(op: Op, history: &tokio::sync::Mutex<History>, targets: &Targets) 
                 (i.home, i.xml.uuid.clone(), i.xml.to_xml())
             };
             let conductor = Site::conductor();
-            let attempts = retry(progress, Some(500), |_| {
+            let attempts = retry(progress, stuck_registration, |_| {
                 let c = targets.client(home);
                 let (conductor, uuid, body) = (conductor.clone(), uuid.clone(), body.clone());
                 async move {
@@ -371,18 +371,22 @@ async fn send(op: Op, history: &tokio::sync::Mutex<History>, targets: &Targets) 
                 format!("10.{x}.{last}.1")
             };
             let first_n = last + 1;
-            let mut attempts = retry(progress, None, |i| {
-                let c = targets.client(home);
-                let n = (first_n + i).to_string();
-                let data = audrey_data(&[("ipaddress", &address), ("n", &n)]);
-                let (uuid, secret) = (uuid.clone(), secret.clone());
-                async move {
-                    let r = c
-                        .put_params(2, &uuid, &secret, &data, Placement::Header)
-                        .await;
-                    r.ok().map(|r| r.status)
-                }
-            })
+            let mut attempts = retry(
+                progress,
+                |_, _| false,
+                |i| {
+                    let c = targets.client(home);
+                    let n = (first_n + i).to_string();
+                    let data = audrey_data(&[("ipaddress", &address), ("n", &n)]);
+                    let (uuid, secret) = (uuid.clone(), secret.clone());
+                    async move {
+                        let r = c
+                            .put_params(2, &uuid, &secret, &data, Placement::Header)
+                            .await;
+                        r.ok().map(|r| r.status)
+                    }
+                },
+            )
             .await;
             for a in attempts.iter_mut() {
                 a.n += first_n;
@@ -399,7 +403,7 @@ async fn send(op: Op, history: &tokio::sync::Mutex<History>, targets: &Targets) 
                 let dep = &h.deployments[d];
                 (dep.home.unwrap_or(0), dep.id.clone())
             };
-            let attempts = retry(progress, Some(404), |_| {
+            let attempts = retry(progress, deleted_earlier, |_| {
                 let c = targets.client(home);
                 let id = id.clone();
                 async move { c.delete_deployment(1, &id).await.ok().map(|r| r.status) }
@@ -416,11 +420,11 @@ async fn send(op: Op, history: &tokio::sync::Mutex<History>, targets: &Targets) 
 }
 
 /// Sends attempt 0, 1, ... (numbered `n = i`; the caller renumbers) until one is answered 2xx
-/// or a retry is answered `final_on_retry` (a deletion's 404: an earlier attempt deleted it;
-/// a registration's 500: the server's third POST of a uuid), for at most [`OP_LIMIT`].
+/// or `settled(earlier attempts, status)` says the answer ends the operation anyway, for at
+/// most [`OP_LIMIT`].
 async fn retry<F, Fut>(
     progress: &AtomicU64,
-    final_on_retry: Option<u16>,
+    settled: fn(&[Attempt], Option<u16>) -> bool,
     mut send: F,
 ) -> Vec<Attempt>
 where
@@ -433,7 +437,7 @@ where
     for i in 0u64.. {
         let status = send(i).await;
         progress.fetch_add(1, Ordering::SeqCst);
-        let settled_on_retry = i > 0 && status.is_some() && status == final_on_retry;
+        let settled_on_retry = settled(&attempts, status);
         attempts.push(Attempt { n: i, status });
         if attempts.last().is_some_and(Attempt::ok) || settled_on_retry {
             break;
@@ -445,4 +449,16 @@ where
         pause = (pause * 2).min(Duration::from_secs(1));
     }
     attempts
+}
+
+/// A deletion retried after an unanswered or refused attempt answers 404: that attempt
+/// deleted it.
+fn deleted_earlier(earlier: &[Attempt], status: Option<u16>) -> bool {
+    !earlier.is_empty() && status == Some(404)
+}
+
+/// A registration the server took twice (both answered 503 by the sidecar, which could not
+/// record them) answers 500 to the third POST (a server quirk): no retry can help.
+fn stuck_registration(earlier: &[Attempt], status: Option<u16>) -> bool {
+    status == Some(500) && earlier.iter().filter(|a| a.status == Some(503)).count() >= 2
 }
