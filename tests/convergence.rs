@@ -241,7 +241,7 @@ async fn state_directory_full_or_read_only() {
     .map(|s| s.to_string())
     .collect();
     let wiring = Wiring {
-        wrapper: full.then(|| (0, wrapper)),
+        wrapper: full.then_some((0, wrapper)),
         ..Wiring::default()
     };
     schedule(
