@@ -39,6 +39,11 @@ pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
 const BATCH: usize = 256;
 /// Unsettled sends in flight at once.
 const WINDOW: usize = 64;
+/// Longest wait for link credit or for the broker's verdict on one send. A broker killed
+/// outright (no close frames) leaves fe2o3-amqp's send and outcome futures pending for ever:
+/// past this the link counts as lost and the outbox is resent on a new connection (receivers
+/// drop the duplicates).
+pub const SETTLE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Why one publishing attempt ended (the publisher then backs off and reconnects).
 #[derive(Debug, thiserror::Error)]
@@ -253,10 +258,11 @@ impl Publisher {
         let subject = wire::routing_key(&self.cfg.routing_key_template, wire::HEARTBEAT_DEPLOYMENT);
         let ttl = heartbeat_ttl(self.heartbeat_interval);
         let message = codec::to_message(&wire::encode_heartbeat(&hb, &subject, ttl));
-        match sender.send_batchable(message).await {
+        match tokio::time::timeout(SETTLE_TIMEOUT, sender.send_batchable(message)).await {
             // The broker's verdict is not awaited: dropping it leaves the send as it is.
-            Ok(_outcome) => tracing::trace!(sent_at_ms = hb.sent_at_ms, "heartbeat sent"),
-            Err(e) => tracing::debug!(error = %e, "heartbeat not sent; dropped"),
+            Ok(Ok(_outcome)) => tracing::trace!(sent_at_ms = hb.sent_at_ms, "heartbeat sent"),
+            Ok(Err(e)) => tracing::debug!(error = %e, "heartbeat not sent; dropped"),
+            Err(_) => tracing::debug!("heartbeat not sent (no link credit); dropped"),
         }
     }
 
@@ -299,9 +305,9 @@ impl Publisher {
                 self.heartbeat_if_due(sender).await;
                 let subject = wire::routing_key(&self.cfg.routing_key_template, &deployment);
                 let message = codec::to_message(&wire::encode(&change, &subject));
-                let fut = sender
-                    .send_batchable(message)
+                let fut = tokio::time::timeout(SETTLE_TIMEOUT, sender.send_batchable(message))
                     .await
+                    .map_err(|_| no_answer("no link credit"))?
                     .map_err(|e| PublishError::Link(e.to_string()))?;
                 inflight.push_back((change.origin_seq, change.event.kind(), fut));
                 if inflight.len() >= WINDOW {
@@ -321,7 +327,10 @@ impl Publisher {
 
     /// Applies the broker's verdict on one send. `Ok(true)`: keep it and resend later.
     async fn settle(&mut self, (seq, kind, fut): Inflight) -> Result<bool, PublishError> {
-        match fut.await {
+        let outcome = tokio::time::timeout(SETTLE_TIMEOUT, fut)
+            .await
+            .map_err(|_| no_answer("no outcome"))?;
+        match outcome {
             Ok(Outcome::Accepted(_)) => {
                 self.store.mark_delivered(seq).await?;
                 metrics::published(kind);
@@ -374,6 +383,13 @@ impl Publisher {
             );
         }
     }
+}
+
+/// The link counts as lost: the broker gave `what` within [`SETTLE_TIMEOUT`].
+fn no_answer(what: &str) -> PublishError {
+    PublishError::Link(format!(
+        "{what} from the broker within {SETTLE_TIMEOUT:?}; reconnecting"
+    ))
 }
 
 /// An error condition as its AMQP symbol when custom, its variant name otherwise.

@@ -49,6 +49,15 @@ impl Emulator {
     }
 
     pub fn launch(opts: EmulatorOptions) -> anyhow::Result<Emulator> {
+        Emulator::launch_logged(opts, None)
+    }
+
+    /// [`Emulator::launch`], with `--request-log <request_log>` when given (one JSON line per
+    /// change the server accepted, in order).
+    pub fn launch_logged(
+        opts: EmulatorOptions,
+        request_log: Option<&Path>,
+    ) -> anyhow::Result<Emulator> {
         let (tmp, storage) = match opts.storage_dir {
             Some(dir) => (None, dir),
             None => {
@@ -84,6 +93,9 @@ impl Emulator {
         if std::env::var_os("RUST_LOG").is_none() {
             // Expected 500s would otherwise log a warning each.
             cmd.env("RUST_LOG", "error");
+        }
+        if let Some(log) = request_log {
+            cmd.arg("--request-log").arg(log);
         }
         if let Some(idle) = opts.idle_timeout_secs {
             cmd.arg("--idle-timeout-secs").arg(idle.to_string());

@@ -6,8 +6,10 @@ pub mod apache;
 pub mod broker;
 pub mod broker_layout;
 pub mod certs;
+pub mod checker;
 pub mod client;
 pub mod emulator;
+pub mod fault_proxy;
 pub mod federation_links;
 pub mod lag;
 pub mod relay;
@@ -15,6 +17,7 @@ pub mod scenario;
 pub mod sidecar;
 pub mod site;
 pub mod upstream;
+pub mod workload;
 
 /// Path of one of our binaries: Cargo's `CARGO_BIN_EXE_*` in tests, else (the demo example)
 /// the binary beside `target/<profile>/examples/`.

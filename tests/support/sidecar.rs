@@ -43,34 +43,53 @@ impl Sidecar {
 
     /// Starts the binary on an existing config file (a restart keeps the state folder).
     pub fn start_with(dir: &Path, config: PathBuf) -> Sidecar {
-        Self::start_with_env(dir, config, &[])
+        Sidecar::launch(dir, config, &[], &[])
     }
 
     /// As [`Sidecar::start_with`], with extra environment variables for the process.
     pub fn start_with_env(dir: &Path, config: PathBuf, env: &[(&str, &str)]) -> Sidecar {
+        Sidecar::launch(dir, config, &[], env)
+    }
+
+    /// [`Sidecar::start_with`], run through `wrapper` (a command and its arguments that
+    /// execs the rest, e.g. `faketime -f +30s`) when it is not empty.
+    pub fn start_wrapped(dir: &Path, config: PathBuf, wrapper: &[String]) -> Sidecar {
+        Sidecar::launch(dir, config, wrapper, &[])
+    }
+
+    fn launch(dir: &Path, config: PathBuf, wrapper: &[String], env: &[(&str, &str)]) -> Sidecar {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(dir.join("sidecar.log"))
             .unwrap();
-        let mut child = Command::new(super::bin(
+        let bin = super::bin(
             option_env!("CARGO_BIN_EXE_audrey-federation"),
             "audrey-federation",
-        ))
-        .arg("run")
-        .arg("--config")
-        .arg(&config)
-        // `AUDREY_FEDERATION_TEST_LOG` in the test's environment chooses another level.
-        .env(
-            "AUDREY_FEDERATION_LOG",
-            std::env::var("AUDREY_FEDERATION_TEST_LOG")
-                .unwrap_or_else(|_| "info,audrey_federation=debug".into()),
-        )
-        .envs(env.iter().copied())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(log))
-        .spawn()
-        .expect("spawn audrey-federation");
+        );
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        let mut child = cmd
+            .arg("run")
+            .arg("--config")
+            .arg(&config)
+            // `AUDREY_FEDERATION_TEST_LOG` in the test's environment chooses another level.
+            .env(
+                "AUDREY_FEDERATION_LOG",
+                std::env::var("AUDREY_FEDERATION_TEST_LOG")
+                    .unwrap_or_else(|_| "info,audrey_federation=debug".into()),
+            )
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn audrey-federation");
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();
         // Every stdout line is also kept in `sidecar.stdout` (see `Sidecar::stdout`).

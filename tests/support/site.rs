@@ -74,6 +74,19 @@ impl Site {
         upstream: Option<SocketAddr>,
         proxy_extra: &str,
     ) -> Site {
+        Site::launch_wrapped(name, amqp, dir, emulator, upstream, proxy_extra, &[])
+    }
+
+    /// [`Site::launch`] with the sidecar run through `wrapper` (see [`Sidecar::start_wrapped`]).
+    pub fn launch_wrapped(
+        name: &str,
+        amqp: &str,
+        dir: &Path,
+        emulator: Emulator,
+        upstream: Option<SocketAddr>,
+        proxy_extra: &str,
+        wrapper: &[String],
+    ) -> Site {
         std::fs::create_dir_all(dir).unwrap();
         let secret = dir.join("conductor.secret");
         std::fs::write(&secret, CONDUCTOR.1).unwrap();
@@ -84,10 +97,13 @@ impl Site {
             sf = secret.display(),
         );
         let target = upstream.unwrap_or(emulator.addr());
-        let sidecar = Sidecar::start(
-            dir,
-            &config(name, &format!("http://{target}"), dir, proxy_extra, &extra),
-        );
+        let config_path = dir.join("config.toml");
+        std::fs::write(
+            &config_path,
+            config(name, &format!("http://{target}"), dir, proxy_extra, &extra),
+        )
+        .unwrap();
+        let sidecar = Sidecar::start_wrapped(dir, config_path, wrapper);
         Site {
             name: name.to_string(),
             emulator,

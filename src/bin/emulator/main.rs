@@ -61,6 +61,11 @@ struct Args {
     /// Close a keep-alive connection after this many idle seconds.
     #[arg(long, env = "AUDREY_EMULATOR_IDLE_TIMEOUT_SECS", default_value_t = 30)]
     idle_timeout_secs: u64,
+    /// Test aid, not part of the real server: append one JSON line per change the server
+    /// accepted (a 2xx answer to POST /configs, PUT /params or DELETE /deployment), in the
+    /// order they were applied. Off by default.
+    #[arg(long, env = "AUDREY_EMULATOR_REQUEST_LOG")]
+    request_log: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -93,7 +98,17 @@ async fn main() -> anyhow::Result<()> {
     writeln!(stdout, "listening on {local}")?;
     stdout.flush()?;
 
-    let app = Arc::new(Mutex::new(routes::App { store }));
+    let request_log = match &args.request_log {
+        Some(path) => Some(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("opening --request-log {}", path.display()))?,
+        ),
+        None => None,
+    };
+    let app = Arc::new(Mutex::new(routes::App { store, request_log }));
     let idle = Duration::from_secs(args.idle_timeout_secs.max(1));
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {

@@ -26,18 +26,51 @@ pub const APP_VERSION: &str = "0.5.2";
 
 pub struct App {
     pub store: Store,
+    /// `--request-log`: where accepted changes are appended (see [`log_change`]).
+    pub request_log: Option<std::fs::File>,
 }
 
 /// Serves one request; HEAD answers carry the GET headers (Content-Length included) and
 /// no body.
 pub fn handle(app: &App, req: &Req) -> Resp {
     let mut resp = dispatch(app, req);
+    if let Some(file) = &app.request_log {
+        log_change(file, req, resp.status);
+    }
     let len = resp.body.len();
     resp.headers.push(("content-length", len.to_string()));
     if req.method == "HEAD" {
         resp.body.clear();
     }
     resp
+}
+
+/// One JSON line per accepted change (`--request-log`), written under the application lock so
+/// the file's order is the order the changes were applied: `{"method", "path", "status",
+/// "values"}` (`values`: the decoded `audrey_data` pairs of a PUT /params, else null). A
+/// failed write is logged and otherwise ignored: the log is a test aid, never the answer.
+fn log_change(mut file: &std::fs::File, req: &Req, status: u16) {
+    use std::io::Write as _;
+    let change = matches!(
+        (req.method.as_str(), req.path.split('/').nth(1)),
+        ("POST", Some("configs")) | ("PUT", Some("params")) | ("DELETE", Some("deployment"))
+    );
+    if !change || !(200..300).contains(&status) {
+        return;
+    }
+    let values = match Params::parse(req).get("audrey_data") {
+        Some(FormValue::Text(data)) if req.method == "PUT" => parse_audrey_data(&data),
+        _ => None,
+    };
+    let line = serde_json::json!({
+        "method": req.method,
+        "path": req.path,
+        "status": status,
+        "values": values,
+    });
+    if let Err(e) = writeln!(file, "{line}") {
+        tracing::warn!(error = %e, "cannot write the request log");
+    }
 }
 
 fn dispatch(app: &App, req: &Req) -> Resp {
