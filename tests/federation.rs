@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use support::broker::{Broker, BrokerOptions};
 use support::certs::CertPaths;
-use support::client::{audrey_data, Client, Creds, InstanceXml, Placement, Response, ServiceXml};
+use support::client::{audrey_data, Client, Creds, InstanceXml, Placement, Response};
 use support::relay::Relay;
 use support::scenario;
 use support::site::{self, Site};
@@ -186,67 +186,9 @@ async fn three_sites_many_deployments_converge() {
         .collect();
 
     // Deployment k: a provider at site k % 3, and at every site a consumer referencing it.
-    let mut captured = [0u64; 3];
-    let mut plan = Vec::new();
-    for k in 0..DEPLOYMENTS {
-        let home = k % 3;
-        let provider = InstanceXml::new(&format!("P{k}"), &format!("D{k}"), &format!("sp{k}"))
-            .provides("ipaddress");
-        sites[home].register(&provider).await;
-        captured[home] += 1;
-        let mut consumers = Vec::new();
-        for (s, site) in sites.iter().enumerate() {
-            let c = InstanceXml::new(&format!("C{k}-{s}"), &format!("D{k}"), &format!("sc{k}{s}"))
-                .service(ServiceXml::new("svc").reference("peer_ip", &provider.uuid, "ipaddress"));
-            site.register(&c).await;
-            captured[s] += 1;
-            consumers.push(c);
-        }
-        plan.push((home, provider, consumers));
-    }
-    // A stream of reports, interleaved across deployments and sites.
-    for round in 1..=REPORTS {
-        for (k, (home, provider, _)) in plan.iter().enumerate() {
-            sites[*home]
-                .report(provider, &format!("10.{k}.0.{round}"))
-                .await;
-            captured[*home] += 1;
-        }
-    }
-    for (k, (_, _, consumers)) in plan.iter().enumerate() {
-        for (s, consumer) in consumers.iter().enumerate() {
-            sites[s]
-                .sees(consumer, &format!("10.{k}.0.{REPORTS}"))
-                .await;
-        }
-    }
+    let captured = scenario::stream(&sites, DEPLOYMENTS, REPORTS).await;
     // Exactly once, no echo: every site's durable replay state, per origin.
-    let mut states = Vec::new();
-    for s in sites.iter_mut() {
-        states.push(s.stop_and_read_origins(&names).await);
-    }
-    for (s, per_origin) in states.iter().enumerate() {
-        for (o, state) in per_origin.iter().enumerate() {
-            if s == o {
-                assert!(
-                    state.is_none(),
-                    "{} applied its own changes: {state:?}",
-                    names[s]
-                );
-            } else {
-                let state = state
-                    .as_ref()
-                    .unwrap_or_else(|| panic!("{} applied nothing from {}", names[s], names[o]));
-                assert_eq!(
-                    (state.applied, state.max_origin_seq),
-                    (captured[o], captured[o]),
-                    "{}: changes from {} applied (lost or doubled)",
-                    names[s],
-                    names[o]
-                );
-            }
-        }
-    }
+    scenario::applied_exactly_once(&mut sites, &captured).await;
 }
 
 /// I1 registered at A and reporting values 1..=n; I2 at B referencing it.

@@ -24,6 +24,7 @@ use fe2o3_amqp::{Receiver, Sender, Session};
 use metrics_exporter_prometheus::PrometheusHandle;
 use support::broker::{self, Broker};
 use support::certs::CertPaths;
+use support::logs::LogBuffer;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -367,35 +368,6 @@ async fn a_change_with_an_unknown_deployment_is_held_until_it_is_learnt() {
         m.properties.as_ref().and_then(|p| p.subject.as_deref()),
         Some("audrey.federation.D9")
     );
-}
-
-/// Captures the log lines of the current thread (the test runs on a current-thread runtime).
-#[derive(Clone, Default)]
-struct LogBuffer(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for LogBuffer {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl LogBuffer {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(
-            &self
-                .0
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        )
-        .into_owned()
-    }
 }
 
 #[tokio::test]

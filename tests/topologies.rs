@@ -10,7 +10,7 @@ mod support;
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use support::client::{Creds, InstanceXml, ServiceXml};
+use support::client::{Creds, InstanceXml};
 use support::federation_links::{self as links, Federation, Topology, SITES};
 use support::lag::{lag_once, lag_since, Histogram};
 use support::scenario;
@@ -74,47 +74,6 @@ async fn i1_and_i2(first: &Site, last: &Site) {
     first.sees(&i1, "10.1.0.7").await;
 }
 
-/// A stream of changes across `deployments` deployments: deployment k has a provider at site
-/// k % n and a consumer at every site; the providers report `reports` rounds, interleaved.
-/// Returns what each site captured; every consumer sees its provider's last value.
-async fn stream(sites: &[Site], deployments: usize, reports: usize) -> Vec<u64> {
-    let n = sites.len();
-    let mut captured = vec![0u64; n];
-    let mut plan = Vec::new();
-    for k in 0..deployments {
-        let home = k % n;
-        let provider = InstanceXml::new(&format!("P{k}"), &format!("S{k}"), &format!("sp{k}"))
-            .provides("ipaddress");
-        sites[home].register(&provider).await;
-        captured[home] += 1;
-        let mut consumers = Vec::new();
-        for (s, site) in sites.iter().enumerate() {
-            let c = InstanceXml::new(&format!("C{k}-{s}"), &format!("S{k}"), &format!("sc{k}{s}"))
-                .service(ServiceXml::new("svc").reference("peer_ip", &provider.uuid, "ipaddress"));
-            site.register(&c).await;
-            captured[s] += 1;
-            consumers.push(c);
-        }
-        plan.push((home, provider, consumers));
-    }
-    for round in 1..=reports {
-        for (k, (home, provider, _)) in plan.iter().enumerate() {
-            sites[*home]
-                .report(provider, &format!("10.{k}.0.{round}"))
-                .await;
-            captured[*home] += 1;
-        }
-    }
-    for (k, (_, _, consumers)) in plan.iter().enumerate() {
-        for (s, consumer) in consumers.iter().enumerate() {
-            sites[s]
-                .sees(consumer, &format!("10.{k}.0.{reports}"))
-                .await;
-        }
-    }
-    captured
-}
-
 /// No change travelled twice: each site got its own changes back once (from its local
 /// binding, skipped by the own-origin rule) and no duplicate (no loop, no second path).
 async fn no_echo_no_duplicate(sites: &[Site], captured: &[u64]) {
@@ -136,37 +95,6 @@ async fn no_echo_no_duplicate(sites: &[Site], captured: &[u64]) {
     }
 }
 
-/// Stops every site and checks its durable replay state: every change of every other site
-/// applied exactly once (a change overtaken by a later one of the same instance would have
-/// been skipped, so `applied == captured` also means per-instance order), none of its own.
-async fn applied_exactly_once(sites: &mut [Site], captured: &[u64]) {
-    let names: Vec<String> = sites.iter().map(|s| s.name.clone()).collect();
-    let names: Vec<&str> = names.iter().map(String::as_str).collect();
-    for (s, site) in sites.iter_mut().enumerate() {
-        let states = site.stop_and_read_origins(&names).await;
-        for (o, state) in states.iter().enumerate() {
-            if o == s {
-                assert!(
-                    state.is_none(),
-                    "{} applied its own changes: {state:?}",
-                    names[s]
-                );
-                continue;
-            }
-            let state = state
-                .as_ref()
-                .unwrap_or_else(|| panic!("{} applied nothing from {}", names[s], names[o]));
-            assert_eq!(
-                (state.applied, state.max_origin_seq),
-                (captured[o], captured[o]),
-                "{}: changes from {} (applied, last seq)",
-                names[s],
-                names[o]
-            );
-        }
-    }
-}
-
 /// The I1/I2 scenario between the first and last member, then a stream across many
 /// deployments at every member: all converge, exactly once, no echo.
 async fn converges(topo: Topology, deployments: usize, reports: usize) {
@@ -177,11 +105,11 @@ async fn converges(topo: Topology, deployments: usize, reports: usize) {
     let mut sites = start(fed, &topo, dir.path()).await;
     let last = sites.len() - 1;
     i1_and_i2(&sites[0], &sites[last]).await;
-    let mut captured = stream(&sites, deployments, reports).await;
+    let mut captured = scenario::stream(&sites, deployments, reports).await;
     captured[0] += 2;
     captured[last] += 2;
     no_echo_no_duplicate(&sites, &captured).await;
-    applied_exactly_once(&mut sites, &captured).await;
+    scenario::applied_exactly_once(&mut sites, &captured).await;
     eprintln!(
         "{}: {} changes converged at {} sites in {:?}",
         topo.name,
@@ -346,7 +274,7 @@ async fn wide_area_link_cut_then_restored() {
          after recovery: b<-a {normal_b}; a<-b {normal_a}",
         captured[0] + captured[1]
     );
-    applied_exactly_once(&mut sites, &captured).await;
+    scenario::applied_exactly_once(&mut sites, &captured).await;
 }
 
 #[tokio::test]
@@ -390,7 +318,7 @@ async fn upstream_broker_stopped_then_restarted() {
         t_up.elapsed()
     );
     let captured = [u64::from(next), u64::from(next)];
-    applied_exactly_once(&mut sites, &captured).await;
+    scenario::applied_exactly_once(&mut sites, &captured).await;
 }
 
 fn base64_of(v: &str) -> String {

@@ -12,6 +12,7 @@ pub mod emulator;
 pub mod fault_proxy;
 pub mod federation_links;
 pub mod lag;
+pub mod logs;
 pub mod relay;
 pub mod scenario;
 pub mod sidecar;
