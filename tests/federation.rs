@@ -49,23 +49,6 @@ where
     }
 }
 
-/// Waits until `site`'s metric (summed over series with `labels`) reaches `at_least`.
-async fn metric_reaches(site: &Site, metric: &str, labels: &[&str], at_least: f64) {
-    let deadline = Instant::now() + LIMIT;
-    loop {
-        let v = site.metric(metric, labels).await;
-        if v >= at_least {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{}: {metric}{labels:?} = {v} < {at_least} after {LIMIT:?}",
-            site.name
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Every change `origin` captured (`captured`, numbered 1..=captured) was applied at `site`
 /// exactly once, and `origin` applied none of its own.
 async fn applied_exactly_once(origin: &mut Site, sites: &mut [&mut Site], captured: u64) {
@@ -244,13 +227,8 @@ async fn sidecars_killed_mid_stream_lose_nothing_and_keep_order() {
         }
         if v == 25 {
             // The replaying site dies once it applied some, with more queued for it.
-            metric_reaches(
-                &b,
-                "audrey_federation_applied_total",
-                &["kind=\"params\""],
-                1.0,
-            )
-            .await;
+            b.metric_reaches("audrey_federation_applied_total", &["kind=\"params\""], 1.0)
+                .await;
             b.kill_and_restart_sidecar();
         }
     }
@@ -285,7 +263,8 @@ async fn local_server_down_at_b_then_applied_once_back() {
         a.report(&i1, &format!("10.0.0.{v}")).await;
     }
     // B cannot apply while its server is away: it retries, keeping the order.
-    metric_reaches(&b, "audrey_federation_replay_errors_total", &[], 1.0).await;
+    b.metric_reaches("audrey_federation_replay_errors_total", &[], 1.0)
+        .await;
     relay.up();
     b.sees(&i2, "10.0.0.10").await;
     applied_exactly_once(&mut a, &mut [&mut b], 11).await;
@@ -397,13 +376,8 @@ async fn an_instance_registered_before_the_sidecar_is_learnt_parked_then_applied
     // The report is published once A learnt I1's deployment, and reaches B before any
     // registration of I1 there: B parks it.
     a.report(&i1, "10.0.0.5").await;
-    metric_reaches(
-        &b,
-        "audrey_federation_parked_total",
-        &["kind=\"params\""],
-        1.0,
-    )
-    .await;
+    b.metric_reaches("audrey_federation_parked_total", &["kind=\"params\""], 1.0)
+        .await;
     assert_eq!(
         b.server().get_ip(2, "I1").await.unwrap().status,
         404,
@@ -413,11 +387,6 @@ async fn an_instance_registered_before_the_sidecar_is_learnt_parked_then_applied
     // Conductor registers I1 at B too: the parked change is applied.
     b.register(&i1).await;
     b.sees(&i2, "10.0.0.5").await;
-    metric_reaches(
-        &b,
-        "audrey_federation_applied_total",
-        &["kind=\"params\""],
-        1.0,
-    )
-    .await;
+    b.metric_reaches("audrey_federation_applied_total", &["kind=\"params\""], 1.0)
+        .await;
 }

@@ -34,8 +34,7 @@ async fn start(fed: &Federation, topo: &Topology, dir: &std::path::Path) -> Vec<
     for s in &sites {
         for o in sites.iter().filter(|o| o.name != s.name) {
             let label = format!("origin_site=\"{}\"", o.name);
-            metric_reaches(
-                s,
+            s.metric_reaches(
                 "audrey_federation_heartbeats_received_total",
                 &[&label],
                 1.0,
@@ -44,23 +43,6 @@ async fn start(fed: &Federation, topo: &Topology, dir: &std::path::Path) -> Vec<
         }
     }
     sites
-}
-
-/// Waits until `site`'s metric (summed over series with `labels`) reaches `at_least`.
-async fn metric_reaches(site: &Site, metric: &str, labels: &[&str], at_least: f64) {
-    let deadline = Instant::now() + LIMIT;
-    loop {
-        let v = site.metric(metric, labels).await;
-        if v >= at_least {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{}: {metric}{labels:?} = {v} < {at_least} after {LIMIT:?}",
-            site.name
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// I1 registered at `first` and I2 at `last` resolve each other's address at both.
@@ -79,7 +61,7 @@ async fn i1_and_i2(first: &Site, last: &Site) {
 async fn no_echo_no_duplicate(sites: &[Site], captured: &[u64]) {
     for (s, site) in sites.iter().enumerate() {
         let own = "audrey_federation_own_origin_total";
-        metric_reaches(site, own, &[], captured[s] as f64).await;
+        site.metric_reaches(own, &[], captured[s] as f64).await;
         assert_eq!(
             site.metric(own, &[]).await,
             captured[s] as f64,

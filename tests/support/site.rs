@@ -196,6 +196,24 @@ impl Site {
     }
 
     /// Sum of every sample of `metric` whose labels contain all of `labels`.
+    /// Waits (at most [`SEES_LIMIT`]) until a metric (summed over series with `labels`)
+    /// reaches `at_least`.
+    pub async fn metric_reaches(&self, metric: &str, labels: &[&str], at_least: f64) {
+        let deadline = Instant::now() + SEES_LIMIT;
+        loop {
+            let v = self.metric(metric, labels).await;
+            if v >= at_least {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: {metric}{labels:?} = {v} < {at_least} after {SEES_LIMIT:?}",
+                self.name
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub async fn metric(&self, metric: &str, labels: &[&str]) -> f64 {
         sum_metric(&self.metrics().await, metric, labels)
     }
