@@ -7,12 +7,19 @@
 //! it must not touch the filesystem.
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// Builds the archive from (service, file name or `None`, contents) entries.
+/// Builds the archive from (service, file name or `None`, contents) entries. Entries and the
+/// gzip header carry the time of the build, or `$SOURCE_DATE_EPOCH` when set (the
+/// reproducible-builds convention), so two servers' archives can be compared byte for byte.
 pub fn build(entries: &[(String, Option<String>, String)]) -> Vec<u8> {
-    let mtime = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let mtime = std::env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0)
+        });
     let mut tar = Vec::new();
     let mut dirs: Vec<&str> = Vec::new();
     for (service, name, contents) in entries {
