@@ -8,6 +8,7 @@ mod support;
 use std::path::Path;
 use std::process::Command;
 
+use support::certs::issue_with_validity;
 use support::emulator::Emulator;
 use support::{broker, upstream};
 
@@ -224,7 +225,16 @@ fn unreadable_and_bogus_keys_are_named() {
 fn expired_certificate_is_named() {
     let certs = support::certs::generate(&["site-a"]);
     let dir = tempfile::tempdir().unwrap();
-    let expired = issue_expired(&certs.dir, dir.path());
+    // A certificate for site-a's key, signed by the test CA, valid only in January 2020.
+    let expired = issue_with_validity(
+        &certs,
+        dir.path(),
+        "expired",
+        &certs.site_key("site-a"),
+        "/CN=site-a",
+        None,
+        ("20200101000000Z", "20200201000000Z"),
+    );
     let amqp = amqp_lines(
         &closed_amqps(),
         &certs.ca,
@@ -240,73 +250,6 @@ fn expired_certificate_is_named() {
         "{out}"
     );
     line(&out, "OK", "amqp.ca");
-}
-
-/// A certificate for site-a's key, signed by the test CA, valid only in January 2020.
-fn issue_expired(pki: &Path, work: &Path) -> std::path::PathBuf {
-    let db = work.join("ca-db");
-    std::fs::create_dir_all(&db).unwrap();
-    std::fs::write(db.join("index.txt"), "").unwrap();
-    std::fs::write(db.join("serial"), "1000\n").unwrap();
-    let cnf = work.join("ca.cnf");
-    std::fs::write(
-        &cnf,
-        format!(
-            "[ca]\ndefault_ca = d\n[d]\ndatabase = {db}/index.txt\nnew_certs_dir = {db}\n\
-             serial = {db}/serial\ndefault_md = sha256\npolicy = p\nunique_subject = no\n\
-             [p]\ncommonName = supplied\n",
-            db = db.display()
-        ),
-    )
-    .unwrap();
-    let csr = work.join("expired.csr");
-    let run = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .output()
-            .expect("openssl");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    let key = pki.join("site-a.key");
-    run(&[
-        "req",
-        "-new",
-        "-key",
-        s(&key),
-        "-subj",
-        "/CN=site-a",
-        "-out",
-        s(&csr),
-    ]);
-    let pem = work.join("expired.pem");
-    run(&[
-        "ca",
-        "-batch",
-        "-config",
-        s(&cnf),
-        "-notext",
-        "-cert",
-        s(&pki.join("ca.pem")),
-        "-keyfile",
-        s(&pki.join("ca.key")),
-        "-startdate",
-        "20200101000000Z",
-        "-enddate",
-        "20200201000000Z",
-        "-in",
-        s(&csr),
-        "-out",
-        s(&pem),
-    ]);
-    pem
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 temp path")
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -373,14 +373,7 @@ async fn a_change_with_an_unknown_deployment_is_held_until_it_is_learnt() {
 #[tokio::test]
 async fn a_client_certificate_from_another_ca_keeps_retrying_and_names_the_tls_failure() {
     recorder();
-    let logs = LogBuffer::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .with_max_level(tracing::Level::INFO)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (logs, _guard) = LogBuffer::capture();
 
     let b = broker::shared().write().await;
     let rogue = support::certs::generate(&["site-a"]);

@@ -121,14 +121,7 @@ async fn send(
 #[tokio::test]
 async fn hostile_inbound_messages_are_rejected_counted_dead_lettered_and_never_applied() {
     recorder();
-    let logs = LogBuffer::default();
-    let writer = logs.clone();
-    let sub = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .with_max_level(tracing::Level::INFO)
-        .finish();
-    let _guard = tracing::subscriber::set_default(sub);
+    let (logs, _guard) = LogBuffer::capture();
 
     let b = broker::shared().write().await;
     let queue = Broker::queue_name("site-c");

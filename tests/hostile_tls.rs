@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use audrey_federation::amqp::{connect, AmqpError};
 use audrey_federation::config::AmqpConfig;
-use support::certs::{self, CertPaths};
+use support::certs::{self, issue_with_validity, openssl, CertPaths};
 use support::sidecar::{config, Sidecar};
 use support::upstream;
 
@@ -24,18 +24,6 @@ const DEADLINE: Duration = Duration::from_secs(20);
 
 fn s(p: &Path) -> &str {
     p.to_str().expect("utf-8 temp path")
-}
-
-fn openssl(args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .output()
-        .expect("openssl");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// A server certificate for `san`, signed by `pki`'s CA, valid from `start` to `end`
@@ -48,25 +36,7 @@ fn issue(
     start: &str,
     end: &str,
 ) -> (PathBuf, PathBuf) {
-    let db = work.join(format!("{name}-db"));
-    std::fs::create_dir_all(&db).expect("mkdir");
-    std::fs::write(db.join("index.txt"), "").expect("index");
-    std::fs::write(db.join("serial"), "1000\n").expect("serial");
-    let cnf = work.join(format!("{name}.cnf"));
-    std::fs::write(
-        &cnf,
-        format!(
-            "[ca]\ndefault_ca = d\n[d]\ndatabase = {db}/index.txt\nnew_certs_dir = {db}\n\
-             serial = {db}/serial\ndefault_md = sha256\npolicy = p\nunique_subject = no\n\
-             [p]\ncommonName = supplied\n\
-             [ext]\nbasicConstraints = CA:FALSE\nextendedKeyUsage = serverAuth\nsubjectAltName = {san}\n",
-            db = db.display()
-        ),
-    )
-    .expect("cnf");
     let key = work.join(format!("{name}.key"));
-    let csr = work.join(format!("{name}.csr"));
-    let pem = work.join(format!("{name}.pem"));
     openssl(&[
         "genpkey",
         "-algorithm",
@@ -76,37 +46,7 @@ fn issue(
         "-out",
         s(&key),
     ]);
-    openssl(&[
-        "req",
-        "-new",
-        "-key",
-        s(&key),
-        "-subj",
-        "/CN=broker",
-        "-out",
-        s(&csr),
-    ]);
-    openssl(&[
-        "ca",
-        "-batch",
-        "-config",
-        s(&cnf),
-        "-notext",
-        "-extensions",
-        "ext",
-        "-cert",
-        s(&pki.ca),
-        "-keyfile",
-        s(&pki.dir.join("ca.key")),
-        "-startdate",
-        start,
-        "-enddate",
-        end,
-        "-in",
-        s(&csr),
-        "-out",
-        s(&pem),
-    ]);
+    let pem = issue_with_validity(pki, work, name, &key, "/CN=broker", Some(san), (start, end));
     (pem, key)
 }
 

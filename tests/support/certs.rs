@@ -100,3 +100,87 @@ pub async fn served_cert(
         .ok_or_else(|| anyhow::anyhow!("no server certificate"))?;
     Ok(leaf.clone().into_owned())
 }
+
+/// Runs `openssl ARGS`; panics with its stderr when it fails.
+pub fn openssl(args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn utf8(p: &Path) -> &str {
+    p.to_str().expect("utf-8 temp path")
+}
+
+/// A certificate for `key` with `subject`, signed by `pki`'s CA and valid from `start` to
+/// `end` (`YYYYMMDDHHMMSSZ`, past or future alike); with `san`, a server certificate for it.
+/// Files go to `work` under `name`.
+pub fn issue_with_validity(
+    pki: &CertPaths,
+    work: &Path,
+    name: &str,
+    key: &Path,
+    subject: &str,
+    san: Option<&str>,
+    (start, end): (&str, &str),
+) -> PathBuf {
+    let db = work.join(format!("{name}-db"));
+    std::fs::create_dir_all(&db).expect("mkdir");
+    std::fs::write(db.join("index.txt"), "").expect("index");
+    std::fs::write(db.join("serial"), "1000\n").expect("serial");
+    let ext = san.map_or(String::new(), |san| {
+        format!(
+            "[ext]\nbasicConstraints = CA:FALSE\nextendedKeyUsage = serverAuth\nsubjectAltName = {san}\n"
+        )
+    });
+    let cnf = work.join(format!("{name}.cnf"));
+    std::fs::write(
+        &cnf,
+        format!(
+            "[ca]\ndefault_ca = d\n[d]\ndatabase = {db}/index.txt\nnew_certs_dir = {db}\n\
+             serial = {db}/serial\ndefault_md = sha256\npolicy = p\nunique_subject = no\n\
+             [p]\ncommonName = supplied\n{ext}",
+            db = db.display()
+        ),
+    )
+    .expect("cnf");
+    let csr = work.join(format!("{name}.csr"));
+    let pem = work.join(format!("{name}.pem"));
+    openssl(&[
+        "req",
+        "-new",
+        "-key",
+        utf8(key),
+        "-subj",
+        subject,
+        "-out",
+        utf8(&csr),
+    ]);
+    let ca_key = pki.dir.join("ca.key");
+    let mut args = vec!["ca", "-batch", "-config", utf8(&cnf), "-notext"];
+    if san.is_some() {
+        args.extend(["-extensions", "ext"]);
+    }
+    args.extend([
+        "-cert",
+        utf8(&pki.ca),
+        "-keyfile",
+        utf8(&ca_key),
+        "-startdate",
+        start,
+        "-enddate",
+        end,
+        "-in",
+        utf8(&csr),
+        "-out",
+        utf8(&pem),
+    ]);
+    openssl(&args);
+    pem
+}
