@@ -21,6 +21,16 @@ use support::broker::{self, Broker, PLAIN_PASSWORD, PLAIN_USER};
 use support::certs::{self, CertPaths};
 
 const RECEIVE_DEADLINE: Duration = Duration::from_secs(10);
+/// Bound on every other AMQP step of these helpers: a step the broker never answers fails
+/// the test naming that step, instead of hanging the test binary.
+const STEP: Duration = Duration::from_secs(20);
+
+/// `fut`, or a panic naming `what` once [`STEP`] has passed.
+async fn step<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(STEP, fut)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: no answer within {STEP:?}"))
+}
 
 fn amqp_config(toml_body: &str) -> AmqpConfig {
     toml::from_str(toml_body).unwrap_or_else(|e| panic!("test config: {e}\n{toml_body}"))
@@ -80,23 +90,30 @@ fn federation_message(nonce: &str) -> Message<Data> {
 }
 
 async fn publish(cfg: &AmqpConfig, container: &str, nonce: &str) {
-    let mut conn = connect(cfg, container).await.expect("connect to publish");
-    let mut session = Session::begin(&mut conn).await.expect("begin session");
-    let mut sender = Sender::attach(
+    let mut conn = step("connect to publish", connect(cfg, container))
+        .await
+        .expect("connect to publish");
+    let mut session = step("begin session", Session::begin(&mut conn))
+        .await
+        .expect("begin session");
+    let attach = Sender::attach(
         &mut session,
         format!("{container}-sender"),
         "/exchange/amq.topic",
-    )
-    .await
-    .expect("attach sender to /exchange/amq.topic");
-    let outcome = sender.send(federation_message(nonce)).await.expect("send");
+    );
+    let mut sender = step("attach sender", attach)
+        .await
+        .expect("attach sender to /exchange/amq.topic");
+    let outcome = step("send", sender.send(federation_message(nonce)))
+        .await
+        .expect("send");
     assert!(
         matches!(outcome, Outcome::Accepted(_)),
         "broker did not accept: {outcome:?}"
     );
-    let _ = sender.detach().await;
-    let _ = session.end().await;
-    let _ = conn.close().await;
+    let _ = step("detach sender", sender.detach()).await;
+    let _ = step("end session", session.end()).await;
+    let _ = step("close connection", conn.close()).await;
 }
 
 fn app_prop<'a>(m: &'a Message<Body<Value>>, key: &str) -> Option<&'a str> {
@@ -113,16 +130,21 @@ async fn receive_nonce(
     queue: &str,
     nonce: &str,
 ) -> Message<Body<Value>> {
-    let mut conn = connect(cfg, container).await.expect("connect to receive");
-    let mut session = Session::begin(&mut conn).await.expect("begin session");
+    let mut conn = step("connect to receive", connect(cfg, container))
+        .await
+        .expect("connect to receive");
+    let mut session = step("begin session", Session::begin(&mut conn))
+        .await
+        .expect("begin session");
     let address = format!("/amq/queue/{queue}");
-    let mut receiver = Receiver::attach(
+    let attach = Receiver::attach(
         &mut session,
         format!("{container}-receiver"),
         address.as_str(),
-    )
-    .await
-    .expect("attach receiver");
+    );
+    let mut receiver = step("attach receiver", attach)
+        .await
+        .expect("attach receiver");
     let deadline = Instant::now() + RECEIVE_DEADLINE;
     let found = loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -132,14 +154,16 @@ async fn receive_nonce(
                 panic!("message {nonce} not received from {address} within {RECEIVE_DEADLINE:?}")
             })
             .expect("recv");
-        receiver.accept(&delivery).await.expect("accept");
+        step("accept", receiver.accept(&delivery))
+            .await
+            .expect("accept");
         if app_prop(delivery.message(), "nonce") == Some(nonce) {
             break delivery.into_message();
         }
     };
-    let _ = receiver.detach().await;
-    let _ = session.end().await;
-    let _ = conn.close().await;
+    let _ = step("detach receiver", receiver.detach()).await;
+    let _ = step("end session", session.end()).await;
+    let _ = step("close connection", conn.close()).await;
     found
 }
 

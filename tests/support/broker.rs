@@ -27,6 +27,8 @@ const SERVER_BIN: &str = "/usr/lib/rabbitmq/bin/rabbitmq-server";
 const CTL_BIN: &str = "/usr/lib/rabbitmq/bin/rabbitmqctl";
 const READY_DEADLINE: Duration = Duration::from_secs(30);
 const STOP_DEADLINE: Duration = Duration::from_secs(20);
+/// A `rabbitmqctl` call that has not finished by then fails the test (exit status 124).
+const CTL_DEADLINE: Duration = Duration::from_secs(60);
 
 /// The SASL PLAIN user every node has (for plain-TCP tests).
 pub const PLAIN_USER: &str = "audrey-plain";
@@ -205,11 +207,17 @@ impl Broker {
         self.ctl(&["purge_queue", "--quiet", queue]);
     }
 
-    /// Runs `rabbitmqctl` against this node; panics with its output on failure.
+    /// Runs `rabbitmqctl` against this node; panics with its output on failure, or when it
+    /// has not finished within [`CTL_DEADLINE`] (coreutils `timeout` ends it).
     pub fn ctl(&self, args: &[&str]) -> String {
-        let mut cmd = Command::new(CTL_BIN);
+        let mut cmd = Command::new("timeout");
         self.node_env(&mut cmd);
         let out = cmd
+            .args([
+                "--kill-after=5",
+                &CTL_DEADLINE.as_secs().to_string(),
+                CTL_BIN,
+            ])
             .args(args)
             .stdin(Stdio::null())
             .output()
