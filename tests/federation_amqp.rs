@@ -631,6 +631,198 @@ async fn a_change_not_accepted_before_a_stop_is_delivered_again() {
     second.stop().await;
 }
 
+/// Instances are handled side by side: while I1's first change keeps failing, I2's changes
+/// and the deletion's wait show what may pass it and what may not. The handler fails I1's
+/// first change once, then until I2's second has been handled, so the test needs no timing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_instance_holds_only_its_own_later_changes() {
+    recorder();
+    let b = broker::shared().write().await;
+    let origin = nonce("sub-lanes");
+    let (_odir, origin_store) = temp_store(&origin);
+    let (_ldir, local) = temp_store("site-c");
+    for capture in [
+        params("I1", Some("D1"), 1), // seq 1: fails until seq 4 was handled
+        params("I2", Some("D1"), 1), // seq 2
+        params("I1", Some("D1"), 2), // seq 3: after seq 1, whatever happens to I2
+        params("I2", Some("D1"), 2), // seq 4: passes the failing seq 1
+        deletion("D1"),              // seq 5: only once 1-4 are done
+        params("I2", Some("D1"), 3), // seq 6: only after the deletion
+    ] {
+        origin_store.append(capture).await.expect("append");
+    }
+    let running_pub = publisher(
+        site_cfg(&b, "site-a"),
+        &origin_store,
+        &Arc::new(Notify::new()),
+    );
+    wait_for("publication", DEADLINE, || origin_store.depth() == 0).await;
+    running_pub.stop().await;
+
+    let seen = Seen::default();
+    let record = seen.clone();
+    let mine = origin.clone();
+    let handler = move |change: Change| {
+        let record = record.clone();
+        let mine = change.origin_site == mine;
+        async move {
+            if !mine {
+                return Ok(());
+            }
+            let mut calls = record
+                .0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            calls.push(change.origin_seq);
+            let first_try = calls.iter().filter(|s| **s == 1).count() == 1;
+            if change.origin_seq == 1 && (first_try || !calls.contains(&4)) {
+                return Err("local server unavailable for I1".to_owned());
+            }
+            Ok(())
+        }
+    };
+    let stop = CancellationToken::new();
+    let fut = run_subscriber(
+        site_cfg(&b, "site-c"),
+        "site-c".to_owned(),
+        local.clone(),
+        handler,
+        stop.clone(),
+    );
+    let running_sub = Running::spawn(
+        async move {
+            fut.await.expect("subscriber starts");
+        },
+        stop,
+    );
+    wait_for("all six changes handled", DEADLINE, || {
+        seen.distinct().len() == 6
+    })
+    .await;
+    let calls = seen.calls();
+    let at = |seq: u64| calls.iter().position(|s| *s == seq).expect("handled");
+    let last_of_1 = calls.iter().rposition(|s| *s == 1).expect("seq 1 handled");
+    assert!(
+        calls.iter().filter(|s| **s == 1).count() >= 2,
+        "seq 1 retried: {calls:?}"
+    );
+    assert!(at(4) < last_of_1, "I2 passed the failing I1: {calls:?}");
+    assert!(at(2) < at(4), "I2 in its own order: {calls:?}");
+    assert!(
+        last_of_1 < at(3),
+        "I1's second waited for its first: {calls:?}"
+    );
+    assert!(
+        at(3) < at(5) && at(4) < at(5),
+        "the deletion waited: {calls:?}"
+    );
+    assert!(at(5) < at(6), "nothing passed the deletion: {calls:?}");
+    assert_eq!(
+        calls.iter().filter(|s| **s != 1).count(),
+        5,
+        "only seq 1 was retried: {calls:?}"
+    );
+    running_sub.stop().await;
+}
+
+/// A backlog of many instances' changes, handled out of order of completion: every change
+/// arrives, each instance's in order, and the link is never dropped. (RabbitMQ 3.x sends
+/// more than the credit when a grant crosses deliveries in flight; the subscriber grants
+/// only once the last grant has arrived, else this backlog drops the link again and again.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_of_many_instances_flows_without_a_link_drop() {
+    const INSTANCES: u64 = 100;
+    const EACH: u64 = 15;
+    recorder();
+    let b = broker::shared().write().await;
+    let origin = nonce("sub-backlog");
+    let (_odir, origin_store) = temp_store(&origin);
+    let (_ldir, local) = temp_store("site-b");
+    for n in 1..=EACH {
+        for i in 0..INSTANCES {
+            let capture = params(&format!("I{i}"), Some("D1"), n);
+            origin_store.append(capture).await.expect("append");
+        }
+    }
+    let running_pub = publisher(
+        site_cfg(&b, "site-a"),
+        &origin_store,
+        &Arc::new(Notify::new()),
+    );
+    wait_for("publication", Duration::from_secs(60), || {
+        origin_store.depth() == 0
+    })
+    .await;
+    running_pub.stop().await;
+
+    let lost_before = metric("audrey_federation_broker_connect_failures_total{link=\"subscribe\"}")
+        .unwrap_or(0.0);
+    let seen: Arc<Mutex<Vec<(String, u64)>>> = Arc::default();
+    let record = seen.clone();
+    let mine = origin.clone();
+    let handler = move |change: Change| {
+        let record = record.clone();
+        let mine = change.origin_site == mine;
+        async move {
+            if !mine {
+                return Ok(());
+            }
+            // 0-3 ms, varying with the change: completions come out of arrival order.
+            let pause = Duration::from_millis(change.origin_seq * 7 % 4);
+            tokio::time::sleep(pause).await;
+            let instance = change.instance.clone().unwrap_or_default();
+            record
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push((instance, change.instance_seq));
+            Ok(())
+        }
+    };
+    let stop = CancellationToken::new();
+    let fut = run_subscriber(
+        site_cfg(&b, "site-b"),
+        "site-b".to_owned(),
+        local.clone(),
+        handler,
+        stop.clone(),
+    );
+    let running_sub = Running::spawn(
+        async move {
+            fut.await.expect("subscriber starts");
+        },
+        stop,
+    );
+    let total = (INSTANCES * EACH) as usize;
+    let count = || {
+        seen.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
+    };
+    wait_for("every change handled", Duration::from_secs(60), || {
+        count() >= total
+    })
+    .await;
+    running_sub.stop().await;
+    let lost_after = metric("audrey_federation_broker_connect_failures_total{link=\"subscribe\"}")
+        .unwrap_or(0.0);
+    let seen = seen
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    assert_eq!(seen.len(), total, "each change handled once");
+    let mut next: std::collections::HashMap<&str, u64> = Default::default();
+    for (instance, seq) in &seen {
+        let expected = next.entry(instance.as_str()).or_insert(1);
+        assert_eq!(*seq, *expected, "{instance} out of order");
+        *expected += 1;
+    }
+    assert_eq!(
+        lost_after - lost_before,
+        0.0,
+        "the subscribe link was dropped while the backlog flowed (see the log)"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_restart_loses_nothing() {
     recorder();

@@ -1,20 +1,26 @@
-//! The subscriber: takes this site's inbound changes from the broker, one at a time, in order,
-//! and settles each only once its effect is durable here.
+//! The subscriber: takes this site's inbound changes from the broker, hands them over in
+//! per-instance order, several instances at once, and settles each only once its effect is
+//! durable here.
 //!
 //! Owns the subscribe link's life (connect, session, receiver attach with manual settlement and
 //! bounded credit, reconnect forever with capped jittered backoff, detach on shutdown) and the
 //! settlement policy: an invalid message is kept as an inbound dead letter, then rejected with
 //! the reason, and so is a change from an origin site `amqp.accept_origins` does not list (when
 //! set); a valid change is handed to the [`ChangeHandler`] and accepted only when it
-//! answers `Ok`; an `Err` is retried (same message, backoff) and nothing later overtakes it.
-//! A crash before the accept makes the broker redeliver: the handler must be idempotent.
-//! Heartbeats are counted, handed to [`ChangeHandler::heartbeat`] and accepted. On shutdown it
-//! takes no new delivery but finishes the one in hand (unless its handler keeps failing: then
-//! it stays unsettled and the broker offers it again); the credit prefetched beyond it goes
-//! back to the queue when the link detaches. It must not apply changes itself (the replay
-//! engine does, behind the handler) nor publish anything.
+//! answers `Ok`; an `Err` is retried (same message, backoff) and no later change of the same
+//! instance overtakes it. Changes of different instances are handled concurrently (up to the
+//! link credit), so their durable writes share group commits; a deletion or a heartbeat waits
+//! for everything before it and runs alone. A crash before the accept makes the broker
+//! redeliver: the handler must be idempotent. Heartbeats are counted, handed to
+//! [`ChangeHandler::heartbeat`] and accepted. On shutdown it takes no new delivery but
+//! finishes the ones in hand (except those whose handler keeps failing: they stay unsettled
+//! and the broker offers them again); what was prefetched and not started goes back to the
+//! queue when the link detaches. It must not apply changes itself (the replay engine does,
+//! behind the handler) nor publish anything.
 
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fe2o3_amqp::link::delivery::Delivery;
@@ -23,11 +29,12 @@ use fe2o3_amqp::types::definitions::{self, AmqpError as AmqpCondition};
 use fe2o3_amqp::types::messaging::{Body, Source, TerminusDurability, TerminusExpiryPolicy};
 use fe2o3_amqp::types::primitives::Value;
 use fe2o3_amqp::{Receiver, Session};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::link::{step, Reconnect};
 use super::{codec, connect, AmqpError, Backoff};
-use crate::change::Change;
+use crate::change::{Change, Event};
 use crate::config::{AmqpConfig, SubscribeMode};
 use crate::metrics;
 use crate::store::{Store, StoreError};
@@ -35,8 +42,9 @@ use crate::wire::{self, Heartbeat, Inbound, WireError};
 
 /// `reason` label of a change whose origin site `amqp.accept_origins` does not list.
 pub const ORIGIN_NOT_ACCEPTED: &str = "origin_not_accepted";
-/// Deliveries the broker may push ahead of the one being handled.
-pub const CREDIT: u32 = 16;
+/// Link credit: the most deliveries unsettled at once (waiting or being handled), and so the
+/// most changes handled concurrently.
+pub const CREDIT: u32 = 64;
 /// First and largest pause between two attempts of a failing handler.
 pub const HANDLER_RETRY_INITIAL: Duration = Duration::from_millis(100);
 pub const HANDLER_RETRY_MAX: Duration = Duration::from_secs(10);
@@ -110,7 +118,7 @@ pub async fn run_subscriber<H: ChangeHandler>(
         site,
         address,
         store,
-        handler,
+        handler: Arc::new(handler),
         shutdown,
     };
     let mut reconnect = Reconnect::new(metrics::LINK_SUBSCRIBE, "subscribing", &sub.cfg);
@@ -130,7 +138,7 @@ struct Subscriber<H> {
     site: String,
     address: String,
     store: Store,
-    handler: H,
+    handler: Arc<H>,
     shutdown: CancellationToken,
 }
 
@@ -159,7 +167,7 @@ impl<H: ChangeHandler> Subscriber<H> {
             let attach = Receiver::builder()
                 .name(link_name)
                 .source(source)
-                .credit_mode(fe2o3_amqp::link::receiver::CreditMode::Auto(CREDIT))
+                .credit_mode(fe2o3_amqp::link::receiver::CreditMode::Manual)
                 .auto_accept(false)
                 .attach(&mut session);
             let mut receiver = match step(attach).await {
@@ -188,38 +196,92 @@ impl<H: ChangeHandler> Subscriber<H> {
         result
     }
 
+    /// Takes deliveries and settles them until shutdown (`Ok`) or a link error. Changes are
+    /// handled on their own tasks, several at once; [`Lanes`] keeps each instance's changes
+    /// in order and runs deletions and heartbeats alone. Each is accepted when its handler
+    /// answers `Ok`, whatever the order of completion.
     async fn consume(&self, receiver: &mut Receiver) -> Result<(), SubscribeError> {
+        let mut lanes: Lanes<(Delivery<Body<Value>>, Work)> = Lanes::default();
+        let mut tasks: JoinSet<(u64, Handled)> = JoinSet::new();
+        let mut running: HashMap<u64, (Order, Delivery<Body<Value>>, &'static str)> =
+            HashMap::new();
+        let mut next_id = 0u64;
+        let mut stopping = false;
+        // Credit is granted again only once all of the last grant has arrived, so no delivery
+        // is in flight when the broker reads it: RabbitMQ 3.x counts a new grant from its own
+        // delivery count, and a grant sent while deliveries travel let it send more than we
+        // allowed (rabbitmq-server issue 2597, fixed in 4.0; fe2o3 then drops the link with
+        // "more message transfers than currently allowed"). Unsettled deliveries stay at most CREDIT, and
+        // a grant is at least half of it (few flow frames under load).
+        let mut credit_left = 0u32;
         loop {
-            let received = tokio::select! {
-                r = receiver.recv::<Body<Value>>() => r,
-                _ = self.shutdown.cancelled() => return Ok(()),
-            };
-            match received {
-                Ok(delivery) => {
-                    if !self.process(receiver, delivery).await? {
-                        return Ok(());
+            let unsettled = lanes.len() + running.len();
+            if credit_left == 0 && !stopping && unsettled <= (CREDIT / 2) as usize {
+                let grant = CREDIT - unsettled as u32;
+                receiver.set_credit(grant).await.map_err(link)?;
+                credit_left = grant;
+            }
+            if !stopping {
+                while let Some((order, (delivery, work))) = lanes.start_next() {
+                    let id = next_id;
+                    next_id += 1;
+                    let kind = work.kind();
+                    tasks.spawn(self.handle(id, work));
+                    running.insert(id, (order, delivery, kind));
+                }
+            }
+            if stopping && tasks.is_empty() {
+                // What waits unstarted stays unsettled: the detach gives it back to the queue.
+                return Ok(());
+            }
+            tokio::select! {
+                biased;
+                done = tasks.join_next(), if !tasks.is_empty() => {
+                    let (id, handled) = match done {
+                        Some(Ok(done)) => done,
+                        Some(Err(e)) => return Err(link(format!("inbound change handler failed: {e}"))),
+                        None => continue,
+                    };
+                    let Some((order, delivery, kind)) = running.remove(&id) else { continue };
+                    lanes.finished(&order);
+                    if handled == Handled::Done {
+                        receiver.accept(&delivery).await.map_err(link)?;
+                        if kind != HEARTBEAT {
+                            metrics::received(kind);
+                        }
                     }
                 }
-                Err(RecvError::MessageDecode(e)) => {
-                    let reason =
-                        format!("not an AMQP message this client can decode: {}", e.source);
-                    self.store.dead_letter_inbound(Vec::new(), &reason).await?;
-                    reject(receiver, e.info, &reason).await?;
-                    metrics::rejected("undecodable");
-                    tracing::warn!(reason = %reason, "inbound message rejected and dead-lettered");
-                }
-                Err(e) => return Err(SubscribeError::Link(e.to_string())),
+                r = receiver.recv::<Body<Value>>(), if !stopping => match r {
+                    Ok(delivery) => {
+                        credit_left = credit_left.saturating_sub(1);
+                        if let Some((order, work)) = self.triage(receiver, &delivery).await? {
+                            lanes.push(order, (delivery, work));
+                        }
+                    }
+                    Err(RecvError::MessageDecode(e)) => {
+                        credit_left = credit_left.saturating_sub(1);
+                        let reason =
+                            format!("not an AMQP message this client can decode: {}", e.source);
+                        self.store.dead_letter_inbound(Vec::new(), &reason).await?;
+                        reject(receiver, e.info, &reason).await?;
+                        metrics::rejected("undecodable");
+                        tracing::warn!(reason = %reason, "inbound message rejected and dead-lettered");
+                    }
+                    Err(e) => return Err(SubscribeError::Link(e.to_string())),
+                },
+                _ = self.shutdown.cancelled(), if !stopping => stopping = true,
             }
         }
     }
 
-    /// Settles one delivery. `Ok(false)`: shutdown while its handler was being retried (it
-    /// stays unsettled and the broker offers it again).
-    async fn process(
+    /// Decodes one delivery. What is never handed over (invalid, of a refused origin, of an
+    /// unknown kind, a heartbeat of a site not federated with) is settled here; the rest is
+    /// returned to wait for its turn.
+    async fn triage(
         &self,
         receiver: &Receiver,
-        delivery: Delivery<Body<Value>>,
-    ) -> Result<bool, SubscribeError> {
+        delivery: &Delivery<Body<Value>>,
+    ) -> Result<Option<(Order, Work)>, SubscribeError> {
         let message = delivery.message();
         let decoded =
             codec::from_message(message).and_then(|w| wire::decode_inbound(&w).map_err(Into::into));
@@ -228,28 +290,28 @@ impl<H: ChangeHandler> Subscriber<H> {
             Ok(Inbound::Heartbeat(hb)) if !self.accepts_origin(&hb.origin_site) => {
                 // Liveness of a site this one does not federate with: settled, not recorded
                 // (not counted as rejected either: it is no change, and it comes every few seconds).
-                receiver.accept(&delivery).await.map_err(link)?;
+                receiver.accept(delivery).await.map_err(link)?;
                 tracing::debug!(origin_site = %hb.origin_site, "heartbeat of a site not in amqp.accept_origins ignored");
-                return Ok(true);
+                return Ok(None);
             }
             Ok(Inbound::Heartbeat(hb)) => {
                 metrics::heartbeat_received(&hb.origin_site);
                 tracing::trace!(origin_site = %hb.origin_site, sent_at_ms = hb.sent_at_ms, "heartbeat");
-                self.handler.heartbeat(hb).await;
-                receiver.accept(&delivery).await.map_err(link)?;
-                return Ok(true);
+                // Alone, after everything before it: the origin's last-applied time must not
+                // pass a change of that origin still being applied.
+                return Ok(Some((Order::Alone, Work::Heartbeat(hb))));
             }
             Err(codec::CodecError::Wire(WireError::UnknownKind(kind))) => {
                 // A newer kind readers may skip (docs/wire-format.md): accept and count it.
-                receiver.accept(&delivery).await.map_err(link)?;
+                receiver.accept(delivery).await.map_err(link)?;
                 metrics::rejected("unknown_kind");
                 tracing::warn!(kind = %kind, "inbound change of an unknown kind skipped");
-                return Ok(true);
+                return Ok(None);
             }
             Err(e) => {
-                self.refuse(receiver, &delivery, e.to_string(), e.as_str())
+                self.refuse(receiver, delivery, e.to_string(), e.as_str())
                     .await?;
-                return Ok(true);
+                return Ok(None);
             }
         };
         if !self.accepts_origin(&change.origin_site) {
@@ -257,36 +319,184 @@ impl<H: ChangeHandler> Subscriber<H> {
                 "origin site {:?} is not in amqp.accept_origins",
                 change.origin_site
             );
-            self.refuse(receiver, &delivery, reason, ORIGIN_NOT_ACCEPTED)
+            self.refuse(receiver, delivery, reason, ORIGIN_NOT_ACCEPTED)
                 .await?;
-            return Ok(true);
+            return Ok(None);
         }
-        let kind = change.event.kind();
-        let mut backoff = Backoff::new(HANDLER_RETRY_INITIAL, HANDLER_RETRY_MAX);
-        loop {
-            match self.handler.handle(change.clone()).await {
-                Ok(()) => {
-                    receiver.accept(&delivery).await.map_err(link)?;
-                    metrics::received(kind);
-                    return Ok(true);
-                }
-                Err(reason) => {
-                    let delay = backoff.next_delay();
-                    metrics::handler_retry();
-                    tracing::warn!(
-                        message_id = %change.message_id(),
-                        attempt = backoff.attempts(),
-                        retry_in = ?delay,
-                        reason = %reason,
-                        "inbound change not handled yet; retrying it before any later one"
-                    );
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = self.shutdown.cancelled() => return Ok(false),
-                    }
+        Ok(Some((Order::of(&change), Work::Change(change))))
+    }
+
+    /// The task that hands one change (or heartbeat) to the handler, retrying a failing
+    /// change with backoff until it succeeds or shutdown comes.
+    fn handle(&self, id: u64, work: Work) -> impl Future<Output = (u64, Handled)> + Send + 'static {
+        let handler = Arc::clone(&self.handler);
+        let shutdown = self.shutdown.clone();
+        async move { (id, handle_work(&*handler, work, &shutdown).await) }
+    }
+}
+
+/// Hands `work` to `handler` until it answers `Ok` (`Done`) or `shutdown` comes while it is
+/// being retried (`Abandoned`: it stays unsettled and the broker offers it again).
+async fn handle_work<H: ChangeHandler>(
+    handler: &H,
+    work: Work,
+    shutdown: &CancellationToken,
+) -> Handled {
+    let change = match work {
+        Work::Heartbeat(hb) => {
+            handler.heartbeat(hb).await;
+            return Handled::Done;
+        }
+        Work::Change(change) => change,
+    };
+    let mut backoff = Backoff::new(HANDLER_RETRY_INITIAL, HANDLER_RETRY_MAX);
+    loop {
+        match handler.handle(change.clone()).await {
+            Ok(()) => return Handled::Done,
+            Err(reason) => {
+                let delay = backoff.next_delay();
+                metrics::handler_retry();
+                tracing::warn!(
+                    message_id = %change.message_id(),
+                    attempt = backoff.attempts(),
+                    retry_in = ?delay,
+                    reason = %reason,
+                    "inbound change not handled yet; retrying it before any later change of its instance"
+                );
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.cancelled() => return Handled::Abandoned,
                 }
             }
         }
+    }
+}
+
+/// How a task ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Handled {
+    /// The handler answered `Ok` (a heartbeat always does): accept the delivery.
+    Done,
+    /// Shutdown while it was being retried: leave it unsettled.
+    Abandoned,
+}
+
+/// `kind` of a heartbeat task (no change counter counts it).
+const HEARTBEAT: &str = "heartbeat";
+
+/// What a delivery asks of the handler.
+#[derive(Debug)]
+enum Work {
+    Change(Change),
+    Heartbeat(Heartbeat),
+}
+
+impl Work {
+    fn kind(&self) -> &'static str {
+        match self {
+            Work::Change(c) => c.event.kind(),
+            Work::Heartbeat(_) => HEARTBEAT,
+        }
+    }
+}
+
+/// Which earlier deliveries one must wait for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Order {
+    /// A registration or params change: after the earlier ones of the same instance.
+    Instance(String),
+    /// A deletion (it removes a deployment's instances, whichever they are), a heartbeat,
+    /// a change without an instance: after everything earlier, and before anything later.
+    Alone,
+}
+
+impl Order {
+    fn of(change: &Change) -> Order {
+        match (&change.event, change.instance.as_deref()) {
+            (Event::Params { .. } | Event::Registration { .. }, Some(instance)) => {
+                Order::Instance(instance.to_owned())
+            }
+            _ => Order::Alone,
+        }
+    }
+}
+
+/// The order deliveries may be handled in: in arrival order per instance, several instances
+/// at once, [`Order::Alone`] ones with nothing else running. Pure bookkeeping (no I/O); the
+/// number waiting is bounded by the link credit, since only settlement renews it.
+struct Lanes<T> {
+    waiting: VecDeque<(Order, T)>,
+    /// Instances with a change being handled.
+    busy: HashSet<String>,
+    running: usize,
+    alone_running: bool,
+}
+
+impl<T> Default for Lanes<T> {
+    fn default() -> Self {
+        Lanes {
+            waiting: VecDeque::new(),
+            busy: HashSet::new(),
+            running: 0,
+            alone_running: false,
+        }
+    }
+}
+
+impl<T> Lanes<T> {
+    fn push(&mut self, order: Order, item: T) {
+        self.waiting.push_back((order, item));
+    }
+
+    /// Deliveries waiting to start.
+    fn len(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// The first waiting delivery that may start now, marked running.
+    fn start_next(&mut self) -> Option<(Order, T)> {
+        if self.alone_running {
+            return None;
+        }
+        let mut passed: HashSet<&str> = HashSet::new();
+        let mut pick = None;
+        for (i, (order, _)) in self.waiting.iter().enumerate() {
+            match order {
+                Order::Alone => {
+                    if i == 0 && self.running == 0 {
+                        pick = Some(i);
+                    }
+                    break; // nothing after it may start before it ends
+                }
+                Order::Instance(k) => {
+                    if !self.busy.contains(k.as_str()) && !passed.contains(k.as_str()) {
+                        pick = Some(i);
+                        break;
+                    }
+                    passed.insert(k.as_str());
+                }
+            }
+        }
+        let w = self.waiting.remove(pick?)?;
+        match &w.0 {
+            Order::Alone => self.alone_running = true,
+            Order::Instance(k) => {
+                self.busy.insert(k.clone());
+            }
+        }
+        self.running += 1;
+        Some(w)
+    }
+
+    /// A delivery started by [`Lanes::start_next`] has been handled (or abandoned).
+    fn finished(&mut self, order: &Order) {
+        match order {
+            Order::Alone => self.alone_running = false,
+            Order::Instance(k) => {
+                self.busy.remove(k);
+            }
+        }
+        self.running = self.running.saturating_sub(1);
     }
 }
 
@@ -327,4 +537,98 @@ async fn reject(
 
 fn link(e: impl std::fmt::Display) -> SubscribeError {
     SubscribeError::Link(e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inst(k: &str) -> Order {
+        Order::Instance(k.to_owned())
+    }
+
+    /// Starts everything that may start, returning the items in start order.
+    fn start_all(lanes: &mut Lanes<u32>) -> Vec<u32> {
+        std::iter::from_fn(|| lanes.start_next().map(|(_, n)| n)).collect()
+    }
+
+    #[test]
+    fn different_instances_run_together_one_instance_in_order() {
+        let mut lanes = Lanes::default();
+        lanes.push(inst("I1"), 1);
+        lanes.push(inst("I2"), 2);
+        lanes.push(inst("I1"), 3);
+        lanes.push(inst("I3"), 4);
+        assert_eq!(start_all(&mut lanes), vec![1, 2, 4], "I1's second waits");
+        lanes.finished(&inst("I2"));
+        assert_eq!(start_all(&mut lanes), Vec::<u32>::new());
+        lanes.finished(&inst("I1"));
+        assert_eq!(start_all(&mut lanes), vec![3]);
+    }
+
+    #[test]
+    fn a_later_change_of_a_busy_instance_never_overtakes_a_waiting_one() {
+        let mut lanes = Lanes::default();
+        lanes.push(inst("I1"), 1);
+        assert_eq!(start_all(&mut lanes), vec![1]);
+        lanes.push(inst("I1"), 2);
+        lanes.push(inst("I1"), 3);
+        lanes.finished(&inst("I1"));
+        assert_eq!(start_all(&mut lanes), vec![2], "one at a time per instance");
+        lanes.finished(&inst("I1"));
+        assert_eq!(start_all(&mut lanes), vec![3]);
+    }
+
+    #[test]
+    fn alone_waits_for_everything_before_and_holds_everything_after() {
+        let mut lanes = Lanes::default();
+        lanes.push(inst("I1"), 1);
+        lanes.push(inst("I2"), 2);
+        lanes.push(Order::Alone, 3);
+        lanes.push(inst("I3"), 4);
+        assert_eq!(
+            start_all(&mut lanes),
+            vec![1, 2],
+            "nothing passes the deletion"
+        );
+        lanes.finished(&inst("I1"));
+        assert_eq!(start_all(&mut lanes), Vec::<u32>::new());
+        lanes.finished(&inst("I2"));
+        assert_eq!(
+            start_all(&mut lanes),
+            vec![3],
+            "alone once the others ended"
+        );
+        lanes.push(inst("I1"), 5);
+        assert_eq!(
+            start_all(&mut lanes),
+            Vec::<u32>::new(),
+            "nothing beside it"
+        );
+        lanes.finished(&Order::Alone);
+        assert_eq!(start_all(&mut lanes), vec![4, 5]);
+    }
+
+    #[test]
+    fn order_of_each_kind() {
+        let change = |event: Event, instance: Option<&str>| Change {
+            origin_site: "a".into(),
+            origin_seq: 1,
+            instance_seq: 1,
+            captured_at_ms: 0,
+            api_version: 2,
+            instance: instance.map(str::to_owned),
+            deployment: Some("D".into()),
+            client_addr: None,
+            event,
+        };
+        let params = Event::Params {
+            audrey_data: "|a&b|".into(),
+            values: Vec::new(),
+            return_codes: false,
+        };
+        assert_eq!(Order::of(&change(params.clone(), Some("I1"))), inst("I1"));
+        assert_eq!(Order::of(&change(params, None)), Order::Alone);
+        assert_eq!(Order::of(&change(Event::Deletion, None)), Order::Alone);
+    }
 }

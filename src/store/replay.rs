@@ -55,7 +55,8 @@ pub(crate) fn record_applied(txn: &WriteTransaction, change: &Change) -> Result<
         None => OriginState::default(),
     };
     state.max_origin_seq = state.max_origin_seq.max(change.origin_seq);
-    state.last_captured_at_ms = change.captured_at_ms;
+    // Changes of different instances may be applied out of origin order: keep the newest.
+    state.last_captured_at_ms = state.last_captured_at_ms.max(change.captured_at_ms);
     state.last_applied_at_ms = now_ms();
     state.applied += 1;
     let bytes = tables::encode("origins", &state)?;
