@@ -446,11 +446,27 @@ fn subscriber(
     origin: &str,
     fail: Option<(u64, usize)>,
 ) -> (Running, Seen) {
+    subscriber_failing(cfg, site, store, origin, move |seq, calls| {
+        fail.is_some_and(|(at, n)| seq == at && calls.iter().filter(|s| **s == at).count() <= n)
+    })
+}
+
+/// A subscriber whose handler records the changes of `origin` and answers `Err` when
+/// `fails(origin_seq, calls so far including this one)` says so.
+fn subscriber_failing(
+    cfg: AmqpConfig,
+    site: &str,
+    store: &Store,
+    origin: &str,
+    fails: impl Fn(u64, &[u64]) -> bool + Send + Sync + 'static,
+) -> (Running, Seen) {
     let seen = Seen::default();
     let record = seen.clone();
     let origin = origin.to_owned();
+    let fails = Arc::new(fails);
     let handler = move |change: Change| {
         let record = record.clone();
+        let fails = fails.clone();
         let mine = change.origin_site == origin;
         async move {
             if !mine {
@@ -461,26 +477,30 @@ fn subscriber(
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             calls.push(change.origin_seq);
-            match fail {
-                Some((seq, n))
-                    if seq == change.origin_seq
-                        && calls.iter().filter(|s| **s == seq).count() <= n =>
-                {
-                    Err("local server unavailable".to_owned())
-                }
-                _ => Ok(()),
+            if fails(change.origin_seq, &calls) {
+                return Err("local server unavailable".to_owned());
             }
+            Ok(())
         }
     };
+    (spawn_subscriber(cfg, site, store, handler), seen)
+}
+
+/// A running subscriber of `site` handing its changes to `handler`.
+fn spawn_subscriber(
+    cfg: AmqpConfig,
+    site: &str,
+    store: &Store,
+    handler: impl audrey_federation::amqp::ChangeHandler,
+) -> Running {
     let stop = CancellationToken::new();
     let fut = run_subscriber(cfg, site.to_owned(), store.clone(), handler, stop.clone());
-    let running = Running::spawn(
+    Running::spawn(
         async move {
             fut.await.expect("subscriber starts");
         },
         stop,
-    );
-    (running, seen)
+    )
 }
 
 /// Sends a message that is not an audrey change to `amq.topic`, as a foreign producer would.
@@ -659,41 +679,15 @@ async fn a_failing_instance_holds_only_its_own_later_changes() {
     wait_for("publication", DEADLINE, || origin_store.depth() == 0).await;
     running_pub.stop().await;
 
-    let seen = Seen::default();
-    let record = seen.clone();
-    let mine = origin.clone();
-    let handler = move |change: Change| {
-        let record = record.clone();
-        let mine = change.origin_site == mine;
-        async move {
-            if !mine {
-                return Ok(());
-            }
-            let mut calls = record
-                .0
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            calls.push(change.origin_seq);
-            let first_try = calls.iter().filter(|s| **s == 1).count() == 1;
-            if change.origin_seq == 1 && (first_try || !calls.contains(&4)) {
-                return Err("local server unavailable for I1".to_owned());
-            }
-            Ok(())
-        }
-    };
-    let stop = CancellationToken::new();
-    let fut = run_subscriber(
+    let (running_sub, seen) = subscriber_failing(
         site_cfg(&b, "site-c"),
-        "site-c".to_owned(),
-        local.clone(),
-        handler,
-        stop.clone(),
-    );
-    let running_sub = Running::spawn(
-        async move {
-            fut.await.expect("subscriber starts");
+        "site-c",
+        &local,
+        &origin,
+        |seq, calls| {
+            let first_try = calls.iter().filter(|s| **s == 1).count() == 1;
+            seq == 1 && (first_try || !calls.contains(&4))
         },
-        stop,
     );
     wait_for("all six changes handled", DEADLINE, || {
         seen.distinct().len() == 6
@@ -778,20 +772,7 @@ async fn a_backlog_of_many_instances_flows_without_a_link_drop() {
             Ok(())
         }
     };
-    let stop = CancellationToken::new();
-    let fut = run_subscriber(
-        site_cfg(&b, "site-b"),
-        "site-b".to_owned(),
-        local.clone(),
-        handler,
-        stop.clone(),
-    );
-    let running_sub = Running::spawn(
-        async move {
-            fut.await.expect("subscriber starts");
-        },
-        stop,
-    );
+    let running_sub = spawn_subscriber(site_cfg(&b, "site-b"), "site-b", &local, handler);
     let total = (INSTANCES * EACH) as usize;
     let count = || {
         seen.lock()
