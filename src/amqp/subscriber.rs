@@ -298,7 +298,8 @@ impl<H: ChangeHandler> Subscriber<H> {
                 metrics::heartbeat_received(&hb.origin_site);
                 tracing::trace!(origin_site = %hb.origin_site, sent_at_ms = hb.sent_at_ms, "heartbeat");
                 // Alone, after everything before it: the origin's last-applied time must not
-                // pass a change of that origin still being applied.
+                // pass a change still being applied. So a change stuck in retries holds
+                // everything from the next heartbeat on, and the lag metric grows and alerts.
                 return Ok(Some((Order::Alone, Work::Heartbeat(hb))));
             }
             Err(codec::CodecError::Wire(WireError::UnknownKind(kind))) => {
