@@ -215,6 +215,9 @@ impl<H: ChangeHandler> Subscriber<H> {
         // a grant is at least half of it (few flow frames under load).
         let mut credit_left = 0u32;
         loop {
+            // A task sees the shutdown as soon as this loop does, and one that gives up its
+            // change then frees its instance: nothing may start after that.
+            stopping |= self.shutdown.is_cancelled();
             let unsettled = lanes.len() + running.len();
             if credit_left == 0 && !stopping && unsettled <= (CREDIT / 2) as usize {
                 let grant = CREDIT - unsettled as u32;
