@@ -211,8 +211,8 @@ impl<H: ChangeHandler> Subscriber<H> {
         // is in flight when the broker reads it: RabbitMQ 3.x counts a new grant from its own
         // delivery count, and a grant sent while deliveries travel let it send more than we
         // allowed (rabbitmq-server issue 2597, fixed in 4.0; fe2o3 then drops the link with
-        // "more message transfers than currently allowed"). Unsettled deliveries stay at most CREDIT, and
-        // a grant is at least half of it (few flow frames under load).
+        // "more message transfers than currently allowed"). Unsettled deliveries stay at most
+        // CREDIT, and a grant is at least half of it (few flow frames under load).
         let mut credit_left = 0u32;
         loop {
             // A task sees the shutdown as soon as this loop does, and one that gives up its
