@@ -19,6 +19,7 @@ use fe2o3_amqp::types::primitives::{Binary, SimpleValue, Value};
 use fe2o3_amqp::{Receiver, Sender, Session};
 use support::broker::{self, Broker, PLAIN_PASSWORD, PLAIN_USER};
 use support::certs::{self, CertPaths};
+use support::teardown;
 
 const RECEIVE_DEADLINE: Duration = Duration::from_secs(10);
 /// Bound on every other AMQP step of these helpers: a step the broker never answers fails
@@ -30,6 +31,14 @@ async fn step<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
     tokio::time::timeout(STEP, fut)
         .await
         .unwrap_or_else(|_| panic!("{what}: no answer within {STEP:?}"))
+}
+
+/// [`step`] for a step that must succeed: its value, or a panic naming `what`.
+async fn must<T, E: std::fmt::Debug>(
+    what: &str,
+    fut: impl std::future::Future<Output = Result<T, E>>,
+) -> T {
+    step(what, fut).await.expect(what)
 }
 
 fn amqp_config(toml_body: &str) -> AmqpConfig {
@@ -90,30 +99,22 @@ fn federation_message(nonce: &str) -> Message<Data> {
 }
 
 async fn publish(cfg: &AmqpConfig, container: &str, nonce: &str) {
-    let mut conn = step("connect to publish", connect(cfg, container))
-        .await
-        .expect("connect to publish");
-    let mut session = step("begin session", Session::begin(&mut conn))
-        .await
-        .expect("begin session");
+    let mut conn = must("connect to publish", connect(cfg, container)).await;
+    let mut session = must("begin session", Session::begin(&mut conn)).await;
     let attach = Sender::attach(
         &mut session,
         format!("{container}-sender"),
         "/exchange/amq.topic",
     );
-    let mut sender = step("attach sender", attach)
-        .await
-        .expect("attach sender to /exchange/amq.topic");
-    let outcome = step("send", sender.send(federation_message(nonce)))
-        .await
-        .expect("send");
+    let mut sender = must("attach sender to /exchange/amq.topic", attach).await;
+    let outcome = must("send", sender.send(federation_message(nonce))).await;
     assert!(
         matches!(outcome, Outcome::Accepted(_)),
         "broker did not accept: {outcome:?}"
     );
-    let _ = step("detach sender", sender.detach()).await;
-    let _ = step("end session", session.end()).await;
-    let _ = step("close connection", conn.close()).await;
+    teardown("detach sender", sender.detach()).await;
+    teardown("end publishing session", session.end()).await;
+    teardown("close publishing connection", conn.close()).await;
 }
 
 fn app_prop<'a>(m: &'a Message<Body<Value>>, key: &str) -> Option<&'a str> {
@@ -130,21 +131,15 @@ async fn receive_nonce(
     queue: &str,
     nonce: &str,
 ) -> Message<Body<Value>> {
-    let mut conn = step("connect to receive", connect(cfg, container))
-        .await
-        .expect("connect to receive");
-    let mut session = step("begin session", Session::begin(&mut conn))
-        .await
-        .expect("begin session");
+    let mut conn = must("connect to receive", connect(cfg, container)).await;
+    let mut session = must("begin session", Session::begin(&mut conn)).await;
     let address = format!("/amq/queue/{queue}");
     let attach = Receiver::attach(
         &mut session,
         format!("{container}-receiver"),
         address.as_str(),
     );
-    let mut receiver = step("attach receiver", attach)
-        .await
-        .expect("attach receiver");
+    let mut receiver = must("attach receiver", attach).await;
     let deadline = Instant::now() + RECEIVE_DEADLINE;
     let found = loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -154,16 +149,14 @@ async fn receive_nonce(
                 panic!("message {nonce} not received from {address} within {RECEIVE_DEADLINE:?}")
             })
             .expect("recv");
-        step("accept", receiver.accept(&delivery))
-            .await
-            .expect("accept");
+        must("accept", receiver.accept(&delivery)).await;
         if app_prop(delivery.message(), "nonce") == Some(nonce) {
             break delivery.into_message();
         }
     };
-    let _ = step("detach receiver", receiver.detach()).await;
-    let _ = step("end session", session.end()).await;
-    let _ = step("close connection", conn.close()).await;
+    teardown("detach receiver", receiver.detach()).await;
+    teardown("end receiving session", session.end()).await;
+    teardown("close receiving connection", conn.close()).await;
     found
 }
 

@@ -160,6 +160,22 @@ fn publisher(cfg: AmqpConfig, store: &Store, wake: &Arc<Notify>) -> Running {
     Running::spawn(fut, stop)
 }
 
+/// Appends `captures` to `store`, publishes them as site A and waits, up to `limit`, until
+/// the outbox is empty; the publisher is stopped again.
+async fn publish_all(
+    b: &Broker,
+    store: &Store,
+    captures: impl IntoIterator<Item = Capture>,
+    limit: Duration,
+) {
+    for capture in captures {
+        store.append(capture).await.expect("append");
+    }
+    let running = publisher(site_cfg(b, "site-a"), store, &Arc::new(Notify::new()));
+    wait_for("publication", limit, || store.depth() == 0).await;
+    running.stop().await;
+}
+
 /// Receives from `queue` (accepting everything) until `n` distinct changes of `origin` arrived;
 /// returns them with their messages, duplicates included, in arrival order.
 async fn collect(
@@ -200,9 +216,9 @@ async fn collect(
             got.push((message, change));
         }
     }
-    let _ = receiver.detach().await;
-    let _ = session.end().await;
-    let _ = conn.close().await;
+    support::teardown("detach receiver", receiver.detach()).await;
+    support::teardown("end receiving session", session.end()).await;
+    support::teardown("close receiving connection", conn.close()).await;
     got
 }
 
@@ -523,9 +539,9 @@ async fn send_junk(cfg: &AmqpConfig) {
         .build();
     let outcome = sender.send(junk).await.expect("send junk");
     assert!(matches!(outcome, Outcome::Accepted(_)), "{outcome:?}");
-    let _ = sender.detach().await;
-    let _ = session.end().await;
-    let _ = conn.close().await;
+    support::teardown("detach sender", sender.detach()).await;
+    support::teardown("end session", session.end()).await;
+    support::teardown("close connection", conn.close()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -614,21 +630,8 @@ async fn a_change_not_accepted_before_a_stop_is_delivered_again() {
     let origin = nonce("sub-redeliver");
     let (_odir, origin_store) = temp_store(&origin);
     let (_ldir, local) = temp_store("site-b");
-    origin_store
-        .append(params("I1", Some("D1"), 1))
-        .await
-        .expect("append");
-    origin_store
-        .append(params("I1", Some("D1"), 2))
-        .await
-        .expect("append");
-    let running_pub = publisher(
-        site_cfg(&b, "site-a"),
-        &origin_store,
-        &Arc::new(Notify::new()),
-    );
-    wait_for("publication", DEADLINE, || origin_store.depth() == 0).await;
-    running_pub.stop().await;
+    let captures = [params("I1", Some("D1"), 1), params("I1", Some("D1"), 2)];
+    publish_all(&b, &origin_store, captures, DEADLINE).await;
 
     // The handler keeps failing on seq 1: stop the subscriber while it is retrying.
     let (first, seen) = subscriber(
@@ -661,23 +664,15 @@ async fn a_failing_instance_holds_only_its_own_later_changes() {
     let origin = nonce("sub-lanes");
     let (_odir, origin_store) = temp_store(&origin);
     let (_ldir, local) = temp_store("site-c");
-    for capture in [
+    let captures = [
         params("I1", Some("D1"), 1), // seq 1: fails until seq 4 was handled
         params("I2", Some("D1"), 1), // seq 2
         params("I1", Some("D1"), 2), // seq 3: after seq 1, whatever happens to I2
         params("I2", Some("D1"), 2), // seq 4: passes the failing seq 1
         deletion("D1"),              // seq 5: only once 1-4 are done
         params("I2", Some("D1"), 3), // seq 6: only after the deletion
-    ] {
-        origin_store.append(capture).await.expect("append");
-    }
-    let running_pub = publisher(
-        site_cfg(&b, "site-a"),
-        &origin_store,
-        &Arc::new(Notify::new()),
-    );
-    wait_for("publication", DEADLINE, || origin_store.depth() == 0).await;
-    running_pub.stop().await;
+    ];
+    publish_all(&b, &origin_store, captures, DEADLINE).await;
 
     let (running_sub, seen) = subscriber_failing(
         site_cfg(&b, "site-c"),
@@ -732,22 +727,9 @@ async fn a_backlog_of_many_instances_flows_without_a_link_drop() {
     let origin = nonce("sub-backlog");
     let (_odir, origin_store) = temp_store(&origin);
     let (_ldir, local) = temp_store("site-b");
-    for n in 1..=EACH {
-        for i in 0..INSTANCES {
-            let capture = params(&format!("I{i}"), Some("D1"), n);
-            origin_store.append(capture).await.expect("append");
-        }
-    }
-    let running_pub = publisher(
-        site_cfg(&b, "site-a"),
-        &origin_store,
-        &Arc::new(Notify::new()),
-    );
-    wait_for("publication", Duration::from_secs(60), || {
-        origin_store.depth() == 0
-    })
-    .await;
-    running_pub.stop().await;
+    let captures = (1..=EACH)
+        .flat_map(|n| (0..INSTANCES).map(move |i| params(&format!("I{i}"), Some("D1"), n)));
+    publish_all(&b, &origin_store, captures, Duration::from_secs(60)).await;
 
     let lost_before = metric("audrey_federation_broker_connect_failures_total{link=\"subscribe\"}")
         .unwrap_or(0.0);

@@ -105,9 +105,9 @@ async fn try_send(
     for m in messages {
         outcomes.push(sender.send(m).await.map_err(|e| e.to_string())?);
     }
-    let _ = sender.detach().await;
-    let _ = session.end().await;
-    let _ = conn.close().await;
+    support::teardown("detach sender", sender.detach()).await;
+    support::teardown("end session", session.end()).await;
+    support::teardown("close connection", conn.close()).await;
     Ok(outcomes)
 }
 

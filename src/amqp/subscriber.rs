@@ -201,9 +201,10 @@ impl<H: ChangeHandler> Subscriber<H> {
     /// in order and runs deletions and heartbeats alone. Each is accepted when its handler
     /// answers `Ok`, whatever the order of completion.
     async fn consume(&self, receiver: &mut Receiver) -> Result<(), SubscribeError> {
-        let mut lanes: Lanes<(Delivery<Body<Value>>, Work)> = Lanes::default();
+        let mut lanes: Lanes<(InboundDelivery, Work)> = Lanes::default();
         let mut tasks: JoinSet<(u64, Handled)> = JoinSet::new();
-        let mut running: HashMap<u64, (Order, Delivery<Body<Value>>, &'static str)> =
+        // Started deliveries by task id: what `finished` and the accept need once it ends.
+        let mut running: HashMap<u64, (Order, InboundDelivery, Option<&'static str>)> =
             HashMap::new();
         let mut next_id = 0u64;
         let mut stopping = false;
@@ -229,7 +230,8 @@ impl<H: ChangeHandler> Subscriber<H> {
                     let id = next_id;
                     next_id += 1;
                     let kind = work.kind();
-                    tasks.spawn(self.handle(id, work));
+                    let handler = Arc::clone(&self.handler);
+                    tasks.spawn(handle_work(id, handler, work, self.shutdown.clone()));
                     running.insert(id, (order, delivery, kind));
                 }
             }
@@ -249,7 +251,7 @@ impl<H: ChangeHandler> Subscriber<H> {
                     lanes.finished(&order);
                     if handled == Handled::Done {
                         receiver.accept(&delivery).await.map_err(link)?;
-                        if kind != HEARTBEAT {
+                        if let Some(kind) = kind {
                             metrics::received(kind);
                         }
                     }
@@ -283,7 +285,7 @@ impl<H: ChangeHandler> Subscriber<H> {
     async fn triage(
         &self,
         receiver: &Receiver,
-        delivery: &Delivery<Body<Value>>,
+        delivery: &InboundDelivery,
     ) -> Result<Option<(Order, Work)>, SubscribeError> {
         let message = delivery.message();
         let decoded =
@@ -329,34 +331,28 @@ impl<H: ChangeHandler> Subscriber<H> {
         }
         Ok(Some((Order::of(&change), Work::Change(change))))
     }
-
-    /// The task that hands one change (or heartbeat) to the handler, retrying a failing
-    /// change with backoff until it succeeds or shutdown comes.
-    fn handle(&self, id: u64, work: Work) -> impl Future<Output = (u64, Handled)> + Send + 'static {
-        let handler = Arc::clone(&self.handler);
-        let shutdown = self.shutdown.clone();
-        async move { (id, handle_work(&*handler, work, &shutdown).await) }
-    }
 }
 
-/// Hands `work` to `handler` until it answers `Ok` (`Done`) or `shutdown` comes while it is
-/// being retried (`Abandoned`: it stays unsettled and the broker offers it again).
+/// The task of delivery `id`: hands `work` to `handler` until it answers `Ok` (`Done`) or
+/// `shutdown` comes while it is being retried (`Abandoned`: it stays unsettled and the
+/// broker offers it again).
 async fn handle_work<H: ChangeHandler>(
-    handler: &H,
+    id: u64,
+    handler: Arc<H>,
     work: Work,
-    shutdown: &CancellationToken,
-) -> Handled {
+    shutdown: CancellationToken,
+) -> (u64, Handled) {
     let change = match work {
         Work::Heartbeat(hb) => {
             handler.heartbeat(hb).await;
-            return Handled::Done;
+            return (id, Handled::Done);
         }
         Work::Change(change) => change,
     };
     let mut backoff = Backoff::new(HANDLER_RETRY_INITIAL, HANDLER_RETRY_MAX);
     loop {
         match handler.handle(change.clone()).await {
-            Ok(()) => return Handled::Done,
+            Ok(()) => return (id, Handled::Done),
             Err(reason) => {
                 let delay = backoff.next_delay();
                 metrics::handler_retry();
@@ -369,12 +365,15 @@ async fn handle_work<H: ChangeHandler>(
                 );
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
-                    _ = shutdown.cancelled() => return Handled::Abandoned,
+                    _ = shutdown.cancelled() => return (id, Handled::Abandoned),
                 }
             }
         }
     }
 }
+
+/// A delivery as the receiver hands it over.
+type InboundDelivery = Delivery<Body<Value>>;
 
 /// How a task ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -385,9 +384,6 @@ enum Handled {
     Abandoned,
 }
 
-/// `kind` of a heartbeat task (no change counter counts it).
-const HEARTBEAT: &str = "heartbeat";
-
 /// What a delivery asks of the handler.
 #[derive(Debug)]
 enum Work {
@@ -396,10 +392,11 @@ enum Work {
 }
 
 impl Work {
-    fn kind(&self) -> &'static str {
+    /// The change's kind, for the received counter; a heartbeat is no change.
+    fn kind(&self) -> Option<&'static str> {
         match self {
-            Work::Change(c) => c.event.kind(),
-            Work::Heartbeat(_) => HEARTBEAT,
+            Work::Change(c) => Some(c.event.kind()),
+            Work::Heartbeat(_) => None,
         }
     }
 }
@@ -432,7 +429,7 @@ struct Lanes<T> {
     waiting: VecDeque<(Order, T)>,
     /// Instances with a change being handled.
     busy: HashSet<String>,
-    running: usize,
+    /// An [`Order::Alone`] delivery is being handled (then `busy` is empty).
     alone_running: bool,
 }
 
@@ -441,7 +438,6 @@ impl<T> Default for Lanes<T> {
         Lanes {
             waiting: VecDeque::new(),
             busy: HashSet::new(),
-            running: 0,
             alone_running: false,
         }
     }
@@ -467,7 +463,7 @@ impl<T> Lanes<T> {
         for (i, (order, _)) in self.waiting.iter().enumerate() {
             match order {
                 Order::Alone => {
-                    if i == 0 && self.running == 0 {
+                    if i == 0 && self.busy.is_empty() {
                         pick = Some(i);
                     }
                     break; // nothing after it may start before it ends
@@ -488,7 +484,6 @@ impl<T> Lanes<T> {
                 self.busy.insert(k.clone());
             }
         }
-        self.running += 1;
         Some(w)
     }
 
@@ -500,7 +495,6 @@ impl<T> Lanes<T> {
                 self.busy.remove(k);
             }
         }
-        self.running = self.running.saturating_sub(1);
     }
 }
 
@@ -516,7 +510,7 @@ impl<H> Subscriber<H> {
     async fn refuse(
         &self,
         receiver: &Receiver,
-        delivery: &Delivery<Body<Value>>,
+        delivery: &InboundDelivery,
         reason: String,
         label: &'static str,
     ) -> Result<(), SubscribeError> {
