@@ -23,6 +23,8 @@ const XML: &str = "<instance-config id='0f3c2d9e-1111-4a4a-9b9b-123456789abc' na
 fn change() -> Change {
     Change {
         origin_site: "site-a".into(),
+        incarnation: "a1a1a1a1a1a1a1a1".into(),
+        version_ms: 0,
         origin_seq: 123_456,
         instance_seq: 42,
         api_version: 2,
@@ -104,19 +106,29 @@ fn dedup_and_signing(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), "site-b").unwrap();
-    // 1,000 origins' instances already applied.
+    // 1,000 instances of other sites already held, each with one versioned value.
     rt.block_on(async {
         for i in 0..1000u64 {
             let mut ch = change();
-            ch.instance = Some(format!("instance-{i}"));
             ch.origin_seq = i + 1;
-            store.record_applied(&ch).await.unwrap();
+            let mut state = audrey_federation::store::InstanceState::default();
+            state.params.insert(
+                "ipaddress".into(),
+                audrey_federation::store::Slot {
+                    version: ch.version(),
+                    piece: "ipaddress&MTAuMC4wLjU=".into(),
+                },
+            );
+            let merge = audrey_federation::store::Merge {
+                states: vec![(format!("instance-{i}"), Some(state))],
+                tombstone: None,
+                applied: Some(ch),
+            };
+            store.merge(merge).await.unwrap();
         }
     });
-    let mut seen = change();
-    seen.instance = Some("instance-500".into());
-    c.bench_function("dedup lookup (durable high-water mark)", |b| {
-        b.iter(|| store.is_applied(black_box(&seen)).unwrap())
+    c.bench_function("dedup lookup (durable instance state)", |b| {
+        b.iter(|| store.instance_state(black_box("instance-500")).unwrap())
     });
     let form = vec![(
         "audrey_data".to_string(),

@@ -88,14 +88,51 @@ pub struct Capture {
     pub event: Event,
 }
 
+/// When a change happened at its origin: what a receiving site compares, per parameter
+/// name, to decide whether a change is newer than what it holds.
+///
+/// Ordered by `ms`, then `incarnation`, then `seq` (the derived, lexicographic order). Within
+/// one incarnation of an origin's store both `ms` (never moves back: the store keeps it
+/// monotonic) and `seq` (`origin_seq`) grow with every change, so the order is the capture
+/// order whatever the wall clock did; a new incarnation (the origin's state was lost) starts
+/// at its clock's time, after everything the old one wrote. The order is total, so every
+/// site picks the same winner whatever order changes arrive in.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Version {
+    /// Origin time, milliseconds since the Unix epoch, monotonic within an incarnation.
+    pub ms: u64,
+    /// The origin store's incarnation id (empty for `audrey_format` 1 messages).
+    pub incarnation: String,
+    /// `origin_seq` in that incarnation.
+    pub seq: u64,
+}
+
+impl std::fmt::Display for Version {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.incarnation.is_empty() {
+            write!(f, "{}/{}", self.ms, self.seq)
+        } else {
+            write!(f, "{}/{}/{}", self.ms, self.incarnation, self.seq)
+        }
+    }
+}
+
 /// A captured change as stored in the outbox and carried on the wire.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Change {
     /// Site that captured it.
     pub origin_site: String,
-    /// Position in the origin site's outbox: strictly increasing per site, never reused.
-    /// `origin_site` + `origin_seq` is the change's identity across all sites.
+    /// Incarnation of the origin's store (made when the store was created; a store that was
+    /// lost and made again has a new one). Empty for changes of `audrey_format` 1.
+    #[serde(default)]
+    pub incarnation: String,
+    /// Position in the origin site's outbox: strictly increasing per incarnation, never
+    /// reused. `origin_site` + `incarnation` + `origin_seq` is the change's identity.
     pub origin_seq: u64,
+    /// Origin time of the change's [`Version`]: `captured_at_ms`, raised when needed so that
+    /// it never moves back within an incarnation. 0 (absent) reads as `captured_at_ms`.
+    #[serde(default)]
+    pub version_ms: u64,
     /// Per-instance sequence at the origin (1, 2, ...); 0 for a deletion.
     pub instance_seq: u64,
     pub api_version: u8,
@@ -107,9 +144,30 @@ pub struct Change {
 }
 
 impl Change {
-    /// Globally unique message id: `<origin_site>:<origin_seq>`.
+    /// Globally unique message id: `<origin_site>:<incarnation>:<origin_seq>`, or
+    /// `<origin_site>:<origin_seq>` for a change without an incarnation (`audrey_format` 1).
     pub fn message_id(&self) -> String {
-        format!("{}:{}", self.origin_site, self.origin_seq)
+        if self.incarnation.is_empty() {
+            format!("{}:{}", self.origin_site, self.origin_seq)
+        } else {
+            format!(
+                "{}:{}:{}",
+                self.origin_site, self.incarnation, self.origin_seq
+            )
+        }
+    }
+
+    /// The change's version: what receivers compare to decide what is newer.
+    pub fn version(&self) -> Version {
+        Version {
+            ms: if self.version_ms == 0 {
+                self.captured_at_ms
+            } else {
+                self.version_ms
+            },
+            incarnation: self.incarnation.clone(),
+            seq: self.origin_seq,
+        }
     }
 }
 

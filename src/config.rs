@@ -186,6 +186,14 @@ pub struct AmqpConfig {
     /// Origin sites whose changes this site applies; empty (the default) accepts any.
     #[serde(default)]
     pub accept_origins: Vec<String>,
+    /// The `audrey_format` this site publishes: 2 (the default), or 1 while some sites of
+    /// the federation still run a build that reads only 1 (docs/wire-format.md, upgrading).
+    #[serde(default = "default_wire_format")]
+    pub wire_format: u8,
+}
+
+fn default_wire_format() -> u8 {
+    crate::wire::FORMAT_VERSION
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -230,9 +238,15 @@ pub struct ReplayConfig {
     /// How long a params change waits for its registration before it is dead-lettered.
     #[serde(with = "humantime_secs")]
     pub park_ttl: Duration,
-    /// Upper bound of the retry backoff towards the local server.
+    /// Longest pause between two tries of an inbound change the local server did not take
+    /// yet (the retry backoff's cap: 100 ms doubling up to it).
     #[serde(with = "humantime_secs")]
     pub retry_max: Duration,
+    /// A change the local server refuses (5xx) this many times is dead-lettered.
+    pub max_attempts: u32,
+    /// ... or once it has refused it for this long, whichever comes first.
+    #[serde(with = "humantime_secs")]
+    pub give_up_after: Duration,
 }
 
 impl Default for ReplayConfig {
@@ -240,6 +254,8 @@ impl Default for ReplayConfig {
         ReplayConfig {
             park_ttl: Duration::from_secs(3600),
             retry_max: Duration::from_secs(10),
+            max_attempts: 20,
+            give_up_after: Duration::from_secs(600),
         }
     }
 }
@@ -443,6 +459,9 @@ impl AmqpConfig {
         }
         if self.heartbeat_interval.is_zero() {
             return Err(invalid("amqp.heartbeat_interval", "must be greater than 0"));
+        }
+        if !crate::wire::FORMATS.contains(&self.wire_format) {
+            return Err(invalid("amqp.wire_format", "must be 1 or 2"));
         }
         if let Some(bad) = self.accept_origins.iter().find(|o| {
             o.is_empty()

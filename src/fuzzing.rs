@@ -187,7 +187,9 @@ fn round_trip(change: &Change) {
 fn change_of(c: crate::change::Capture) -> Change {
     Change {
         origin_site: "site-a".into(),
+        incarnation: "00000000000000a1".into(),
         origin_seq: 1,
+        version_ms: c.captured_at_ms.max(1),
         instance_seq: 1,
         api_version: c.api_version,
         instance: c.instance,

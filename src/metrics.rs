@@ -48,6 +48,8 @@ pub const REPLAY_ERRORS: &str = "audrey_federation_replay_errors_total";
 pub const REPLAY_LAG: &str = "audrey_federation_lag_seconds";
 pub const REPLAY_LAST_APPLIED: &str = "audrey_federation_last_applied_timestamp_seconds";
 pub const HEARTBEATS_RECEIVED: &str = "audrey_federation_heartbeats_received_total";
+pub const REPLAY_REAPPLIED: &str = "audrey_federation_reapplied_total";
+pub const ORIGIN_INCARNATIONS: &str = "audrey_federation_origin_incarnations_total";
 
 /// Latency buckets (seconds) for proxied requests: sub-millisecond to the 30 s timeout.
 const REQUEST_BUCKETS: &[f64] = &[
@@ -71,6 +73,14 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
 }
 
 fn describe() {
+    describe_counter!(
+        REPLAY_REAPPLIED,
+        "Instances whose values newer than their registration were PUT back after the registration's POST wiped them."
+    );
+    describe_counter!(
+        ORIGIN_INCARNATIONS,
+        "New incarnations of an origin site's store seen here (its state was lost and made again), by origin site."
+    );
     describe_counter!(
         PROXY_REQUESTS,
         "Requests proxied, by route class and status class."
@@ -296,6 +306,16 @@ pub fn origin_time(origin_site: &str, at: Duration) {
 /// A heartbeat from `origin_site` (a bounded label: the federation's site ids) arrived.
 pub fn heartbeat_received(origin_site: &str) {
     counter!(HEARTBEATS_RECEIVED, "origin_site" => origin_site.to_owned()).increment(1);
+}
+
+/// Values newer than a registration were PUT back after its POST.
+pub fn replay_reapplied() {
+    counter!(REPLAY_REAPPLIED).increment(1);
+}
+
+/// A new incarnation of `origin_site`'s store was seen (a bounded label: the federation's sites).
+pub fn origin_incarnation(origin_site: &str) {
+    counter!(ORIGIN_INCARNATIONS, "origin_site" => origin_site.to_owned()).increment(1);
 }
 
 pub fn replay_duplicate(kind: &'static str) {

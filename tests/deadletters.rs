@@ -61,6 +61,8 @@ fn params(instance: &str) -> Capture {
 fn from_b(capture: Capture, seq: u64) -> Vec<u8> {
     let change = Change {
         origin_site: "site-b".into(),
+        incarnation: "a1a1a1a1a1a1a1a1".into(),
+        version_ms: 0,
         origin_seq: seq,
         instance_seq: 1,
         api_version: capture.api_version,

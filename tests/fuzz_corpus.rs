@@ -98,6 +98,8 @@ fn the_entry_points_check_what_they_claim() {
 fn changes() -> Vec<Change> {
     let params = Change {
         origin_site: "site-a".into(),
+        incarnation: "a1a1a1a1a1a1a1a1".into(),
+        version_ms: 0,
         origin_seq: 42,
         instance_seq: 3,
         api_version: 2,

@@ -69,6 +69,8 @@ async fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
 fn change(origin: &str, seq: u64) -> Change {
     Change {
         origin_site: origin.to_owned(),
+        incarnation: "a1a1a1a1a1a1a1a1".into(),
+        version_ms: 0,
         origin_seq: seq,
         instance_seq: seq,
         api_version: 2,

@@ -106,6 +106,18 @@ impl Site {
         Some(String::from_utf8(bytes).unwrap())
     }
 
+    /// `origin_seq` of the newest `name` (a provided parameter) this site holds for `uuid`.
+    pub fn held_seq(&self, uuid: &str, name: &str) -> Option<u64> {
+        let state = self.store.instance_state(uuid).unwrap()?;
+        state.params.get(name).map(|s| s.version.seq)
+    }
+
+    /// `origin_seq` of the registration of `uuid` this site holds.
+    pub fn registered_seq(&self, uuid: &str) -> Option<u64> {
+        let state = self.store.instance_state(uuid).unwrap()?;
+        state.registration.map(|r| r.version.seq)
+    }
+
     /// The names `GET /params/2/<uuid>` still asks for (signed as the instance): v2 lists
     /// the missing parameters, then the services (`|ipaddress||`; `|||` once reported).
     pub async fn missing(&self, x: &InstanceXml) -> String {
@@ -144,6 +156,9 @@ pub fn reader(uuid: &str, provider: &str) -> InstanceXml {
 pub fn registration(origin: &str, origin_seq: u64, instance_seq: u64, x: &InstanceXml) -> Change {
     Change {
         origin_site: origin.into(),
+        incarnation: "a1a1a1a1a1a1a1a1".into(),
+        // Versions follow the origin's order, whatever the test's clock does.
+        version_ms: origin_seq,
         origin_seq,
         instance_seq,
         api_version: 1,
@@ -169,6 +184,9 @@ pub fn params(
 ) -> Change {
     Change {
         origin_site: origin.into(),
+        incarnation: "a1a1a1a1a1a1a1a1".into(),
+        // Versions follow the origin's order, whatever the test's clock does.
+        version_ms: origin_seq,
         origin_seq,
         instance_seq,
         api_version: 2,
@@ -187,6 +205,9 @@ pub fn params(
 pub fn deletion(origin: &str, origin_seq: u64, deployment: &str) -> Change {
     Change {
         origin_site: origin.into(),
+        incarnation: "a1a1a1a1a1a1a1a1".into(),
+        // Versions follow the origin's order, whatever the test's clock does.
+        version_ms: origin_seq,
         origin_seq,
         instance_seq: 0,
         api_version: 1,
@@ -207,7 +228,7 @@ async fn registration_replayed_when_unknown() {
     let outcome = site.replayer.apply(registration(PEER, 1, 1, &x)).await;
     assert_eq!(outcome, Ok(Outcome::Applied));
     assert_eq!(site.ip("X1").await, (200, String::new()));
-    assert_eq!(site.store.applied_seq(PEER, "X1").unwrap(), 1);
+    assert_eq!(site.registered_seq("X1"), Some(1));
     assert_eq!(
         site.store.instance_secret("X1").unwrap().as_deref(),
         Some("secret-X1")
@@ -241,7 +262,7 @@ async fn registration_not_reposted_when_known() {
     assert_eq!(outcome, Ok(Outcome::Applied));
     assert_eq!(site.missing(&x).await, "|||");
     assert_eq!(site.ip("X1").await, (200, "127.0.0.1".to_owned()));
-    assert_eq!(site.store.applied_seq(PEER, "X1").unwrap(), 1);
+    assert_eq!(site.registered_seq("X1"), Some(7));
 }
 
 #[tokio::test]
@@ -263,7 +284,7 @@ async fn params_replayed_with_the_guests_address() {
     assert_eq!(site.replayer.apply(c).await, Ok(Outcome::Applied));
     assert_eq!(site.peer_ip(&y).await.as_deref(), Some("192.0.2.11"));
     assert_eq!(site.ip("X1").await, (200, "10.1.2.3".to_owned()));
-    assert_eq!(site.store.applied_seq(PEER, "X1").unwrap(), 3);
+    assert_eq!(site.held_seq("X1", "ipaddress"), Some(4));
     let origin = site.store.origin_state(PEER).unwrap().unwrap();
     assert_eq!((origin.max_origin_seq, origin.applied), (4, 2));
 }
@@ -275,7 +296,7 @@ async fn own_origin_is_skipped() {
     let outcome = site.replayer.apply(registration(SITE, 1, 1, &x)).await;
     assert_eq!(outcome, Ok(Outcome::OwnOrigin));
     assert_eq!(site.ip("X1").await.0, 404, "no echo to the local server");
-    assert_eq!(site.store.applied_seq(SITE, "X1").unwrap(), 0);
+    assert_eq!(site.store.instance_state("X1").unwrap(), None);
 }
 
 #[tokio::test]
@@ -321,7 +342,7 @@ async fn duplicates_have_no_second_effect() {
 
     assert_eq!(site.peer_ip(&y).await.as_deref(), Some("192.0.2.2"));
     assert_eq!(site.ip("X1").await, (200, "127.0.0.1".to_owned()));
-    assert_eq!(site.store.applied_seq(PEER, "X1").unwrap(), 5);
+    assert_eq!(site.held_seq("X1", "ipaddress"), Some(10));
 }
 
 #[tokio::test]
@@ -334,8 +355,8 @@ async fn deletion_applied_and_repeat_harmless() {
     assert_eq!(site.replayer.apply(d.clone()).await, Ok(Outcome::Applied));
     assert_eq!(site.ip("X1").await.0, 404);
     assert_eq!(
-        site.store.applied_deletion_seq(PEER, DEPLOYMENT).unwrap(),
-        20
+        site.store.tombstone(DEPLOYMENT).unwrap().map(|v| v.seq),
+        Some(20)
     );
 
     // Redelivered: a duplicate, even without the id cache.

@@ -226,7 +226,7 @@ mod tests {
     fn ubyte_and_ulong_keep_their_types() {
         let m = to_message(&wire::encode(&change(), "s"));
         let ap = &m.application_properties.as_ref().expect("app props").0;
-        assert_eq!(ap.get("audrey_format"), Some(&SimpleValue::Ubyte(1)));
+        assert_eq!(ap.get("audrey_format"), Some(&SimpleValue::Ubyte(2)));
         assert_eq!(ap.get("origin_seq"), Some(&SimpleValue::Ulong(42)));
         assert_eq!(
             ap.get("event_kind"),

@@ -257,7 +257,12 @@ impl Publisher {
         };
         let subject = wire::routing_key(&self.cfg.routing_key_template, wire::HEARTBEAT_DEPLOYMENT);
         let ttl = heartbeat_ttl(self.heartbeat_interval);
-        let message = codec::to_message(&wire::encode_heartbeat(&hb, &subject, ttl));
+        let message = codec::to_message(&wire::encode_heartbeat_as(
+            &hb,
+            &subject,
+            ttl,
+            self.cfg.wire_format,
+        ));
         match tokio::time::timeout(SETTLE_TIMEOUT, sender.send_batchable(message)).await {
             // The broker's verdict is not awaited: dropping it leaves the send as it is.
             Ok(Ok(_outcome)) => tracing::trace!(sent_at_ms = hb.sent_at_ms, "heartbeat sent"),
@@ -304,7 +309,8 @@ impl Publisher {
                 };
                 self.heartbeat_if_due(sender).await;
                 let subject = wire::routing_key(&self.cfg.routing_key_template, &deployment);
-                let message = codec::to_message(&wire::encode(&change, &subject));
+                let message =
+                    codec::to_message(&wire::encode_as(&change, &subject, self.cfg.wire_format));
                 let fut = tokio::time::timeout(SETTLE_TIMEOUT, sender.send_batchable(message))
                     .await
                     .map_err(|_| no_answer("no link credit"))?

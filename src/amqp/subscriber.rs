@@ -64,6 +64,12 @@ pub trait ChangeHandler: Send + Sync + 'static {
         drop(heartbeat);
         async {}
     }
+
+    /// The longest pause between two tries of a change `handle` did not take yet.
+    /// Default: [`HANDLER_RETRY_MAX`].
+    fn retry_max(&self) -> Duration {
+        HANDLER_RETRY_MAX
+    }
 }
 
 impl<F, Fut> ChangeHandler for F
@@ -349,7 +355,7 @@ async fn handle_work<H: ChangeHandler>(
         }
         Work::Change(change) => change,
     };
-    let mut backoff = Backoff::new(HANDLER_RETRY_INITIAL, HANDLER_RETRY_MAX);
+    let mut backoff = Backoff::new(HANDLER_RETRY_INITIAL, handler.retry_max());
     loop {
         match handler.handle(change.clone()).await {
             Ok(()) => return (id, Handled::Done),
@@ -611,6 +617,8 @@ mod tests {
     fn order_of_each_kind() {
         let change = |event: Event, instance: Option<&str>| Change {
             origin_site: "a".into(),
+            incarnation: "a1a1a1a1a1a1a1a1".into(),
+            version_ms: 0,
             origin_seq: 1,
             instance_seq: 1,
             captured_at_ms: 0,

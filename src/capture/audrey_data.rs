@@ -58,6 +58,40 @@ pub fn parse(data: &str) -> AudreyData {
     out
 }
 
+/// The raw `name&value` piece the server stores for each name of `data`, in first-seen order,
+/// the last piece of a repeated name winning (as [`parse`] decides). Replaying a subset of
+/// these pieces with [`join`] makes the server store exactly those names, with the same bytes.
+pub fn pieces(data: &str) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    let mut position: HashMap<&str, usize> = HashMap::new();
+    for piece in data.split('|').filter(|p| !p.is_empty()) {
+        let Some((name, _)) = ruby_pair(piece) else {
+            continue;
+        };
+        let kept = piece.to_owned();
+        match position.get(name) {
+            Some(&at) => out[at].1 = kept,
+            None => {
+                position.insert(name, out.len());
+                out.push((name.to_owned(), kept));
+            }
+        }
+    }
+    out
+}
+
+/// An `audrey_data` value made of raw pieces (see [`pieces`]): `|a&..|b&..|`, or
+/// `||a&..|` for service return codes. No pieces give the first empty report `|&|`
+/// (a return-code report needs at least one: the server answers 500 to an empty one).
+pub fn join<'a>(pieces: impl IntoIterator<Item = &'a str>, return_codes: bool) -> String {
+    let joined: Vec<&str> = pieces.into_iter().collect();
+    match (return_codes, joined.is_empty()) {
+        (_, true) => "|&|".to_owned(),
+        (false, false) => format!("|{}|", joined.join("|")),
+        (true, false) => format!("||{}|", joined.join("|")),
+    }
+}
+
 /// Encodes pairs in the bar format (standard base64, padded), as the guest agent does.
 /// No pairs encode as the first empty report `|&|` (or `||` for return codes).
 /// Names must not contain `|` or `&`: the format has no escaping.
@@ -128,6 +162,24 @@ pub fn ruby_decode64(input: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pieces_rejoined_store_what_the_server_would() {
+        let data = "|a&QQ==|b&Qg==x&y|a&Qw==|skip&|c&&x|";
+        let p = pieces(data);
+        let names: Vec<&str> = p.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["a", "b", "c"]);
+        assert_eq!(p[0].1, "a&Qw==");
+        // The subset, parsed again, is exactly those names with the values of the whole.
+        let whole = parse(data).values;
+        let sub = parse(&join(p.iter().skip(1).map(|(_, x)| x.as_str()), false)).values;
+        assert_eq!(sub, whole[1..].to_vec());
+        let codes = "||svc&MA==|";
+        let p = pieces(codes);
+        assert_eq!(join(p.iter().map(|(_, x)| x.as_str()), true), codes);
+        assert_eq!(join([], true), "|&|");
+        assert_eq!(join([], false), "|&|");
+    }
 
     type Pairs = Vec<(String, String)>;
     /// `(data, return_codes, expected pairs)`.

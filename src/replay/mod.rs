@@ -19,13 +19,14 @@ mod parked;
 
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ::http::uri::Authority;
 use tokio::sync::Mutex;
 
-use crate::change::{now_ms, Change};
+use crate::change::{now_ms, Change, Version};
 use crate::config::ReplayConfig;
 use crate::store::Store;
 use crate::wire::Heartbeat;
@@ -39,6 +40,9 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 const RECENT_IDS: u64 = 100_000;
 /// Number of per-instance lanes (instances hash onto them; a lane serialises its instances).
 const LANES: usize = 64;
+/// Changes whose refusals (5xx) are counted at once; past it the counts start again (a
+/// bound on memory, never on correctness: a change then only gets more attempts).
+const FAILURES_TRACKED: usize = 10_000;
 
 /// What became of an inbound change. Each is durable in the store when returned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,7 +51,8 @@ pub enum Outcome {
     Applied,
     /// This site captured it: nothing to do (no echo, no loop).
     OwnOrigin,
-    /// It (or a later change of the same instance or deployment) was applied already.
+    /// Nothing in it is newer than what this site holds (applied already, or superseded by
+    /// a newer change of the same instance or deployment).
     Duplicate,
     /// Its instance is not registered here yet, or an earlier change of the instance waits:
     /// kept in the store and retried by [`Replayer::retry_parked`].
@@ -96,11 +101,20 @@ pub struct Replayer {
     store: Store,
     park_ttl: Duration,
     retry_max: Duration,
+    max_attempts: u32,
+    give_up_after: Duration,
     recent: moka::sync::Cache<String, ()>,
     lanes: Vec<Mutex<()>>,
     /// Newest origin time (ms) seen per origin site, so the last-applied gauge never moves
     /// back (a parked change applied late, a stale heartbeat). One entry per site: bounded.
     newest: std::sync::Mutex<HashMap<String, u64>>,
+    /// Per origin site, its newest incarnation seen and that change's version (loaded from
+    /// the store on first sight). One entry per site: bounded.
+    incarnations: std::sync::Mutex<HashMap<String, (String, Version)>>,
+    /// Per message id, how often the local server refused it (5xx) and since when.
+    failures: std::sync::Mutex<HashMap<String, (u32, Instant)>>,
+    /// Some instance may have a repair left (set at start and after a failed repair).
+    repairs: AtomicBool,
 }
 
 impl std::fmt::Debug for Replayer {
@@ -131,9 +145,14 @@ impl Replayer {
             store,
             park_ttl: config.park_ttl,
             retry_max: config.retry_max,
+            max_attempts: config.max_attempts.max(1),
+            give_up_after: config.give_up_after,
             recent: moka::sync::Cache::new(RECENT_IDS),
             lanes: (0..LANES).map(|_| Mutex::new(())).collect(),
             newest: std::sync::Mutex::new(HashMap::new()),
+            incarnations: std::sync::Mutex::new(HashMap::new()),
+            failures: std::sync::Mutex::new(HashMap::new()),
+            repairs: AtomicBool::new(true),
         }
     }
 
@@ -148,10 +167,10 @@ impl Replayer {
         &self.site
     }
 
-    /// Delay before retrying after the `attempt`-th consecutive [`ReplayError`] (1, 2, ...):
-    /// 100 ms doubling, capped at `replay.retry_max`.
-    pub fn retry_delay(&self, attempt: u32) -> Duration {
-        backoff(attempt, self.retry_max)
+    /// `replay.retry_max`: the longest pause between two tries of a change the local server
+    /// did not take yet.
+    pub fn retry_max(&self) -> Duration {
+        self.retry_max
     }
 
     /// Apply one inbound change. Returns once its outcome is durable; on `Err` nothing was
@@ -167,13 +186,92 @@ impl Replayer {
             crate::metrics::replay_duplicate(kind);
             return Ok(Outcome::Duplicate);
         }
-        let result = self.apply_new(&change).await;
+        let result = match self.apply_new(&change).await {
+            Err(e @ ReplayError::Server { .. }) => self.refused(&change, e).await,
+            other => other,
+        };
         match &result {
             Ok(Outcome::Duplicate) => crate::metrics::replay_duplicate(kind),
             Ok(_) => {}
             Err(e) => self.transient(&change, e),
         }
+        if !matches!(result, Err(ReplayError::Server { .. })) {
+            self.lock_failures().remove(&id);
+        }
         result
+    }
+
+    /// The local server refused `change` (5xx): a transient error until it has refused it
+    /// `replay.max_attempts` times or for `replay.give_up_after`, then a dead letter (which
+    /// an operator can retry: what in it is still newer is applied then).
+    async fn refused(&self, change: &Change, e: ReplayError) -> Result<Outcome, ReplayError> {
+        let id = change.message_id();
+        let (attempts, since) = {
+            let mut failures = self.lock_failures();
+            if failures.len() >= FAILURES_TRACKED && !failures.contains_key(&id) {
+                failures.clear();
+            }
+            let entry = failures.entry(id.clone()).or_insert((0, Instant::now()));
+            entry.0 += 1;
+            *entry
+        };
+        if attempts < self.max_attempts && since.elapsed() < self.give_up_after {
+            return Err(e);
+        }
+        self.lock_failures().remove(&id);
+        let reason = format!(
+            "the local server kept refusing it: {e} ({attempts} attempts over {:?})",
+            since.elapsed()
+        );
+        let parked = self.store.parked_for(change.instance.as_deref().unwrap_or(""))?;
+        let from_parked = parked.iter().any(|p| p.change.message_id() == id);
+        self.dead_letter(change, &reason, from_parked).await
+    }
+
+    fn lock_failures(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u32, Instant)>> {
+        self.failures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Log and count a change from an incarnation of its origin newer than the one seen so
+    /// far: the origin's store was made again, its sequences start again, and its changes
+    /// are applied like any other (their versions are newer).
+    fn note_incarnation(&self, change: &Change) {
+        if change.incarnation.is_empty() {
+            return;
+        }
+        let version = change.version();
+        let origin = change.origin_site.as_str();
+        let mut known = self
+            .incarnations
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !known.contains_key(origin) {
+            if let Ok(Some(state)) = self.store.origin_state(origin) {
+                if !state.incarnation.is_empty() {
+                    known.insert(origin.to_owned(), (state.incarnation, state.newest));
+                }
+            }
+        }
+        match known.get_mut(origin) {
+            Some((inc, _)) if *inc == change.incarnation => {}
+            Some((inc, newest)) if version > *newest => {
+                tracing::info!(
+                    origin_site = origin,
+                    incarnation = %change.incarnation,
+                    previous = %inc,
+                    "a new incarnation of the origin's store: its state was made again; its changes are applied by version"
+                );
+                crate::metrics::origin_incarnation(origin);
+                *inc = change.incarnation.clone();
+                *newest = version;
+            }
+            Some(_) => {}
+            None => {
+                known.insert(origin.to_owned(), (change.incarnation.clone(), version));
+            }
+        }
     }
 
     /// Takes a heartbeat of another site's publisher: moves that origin's last-applied gauge
@@ -205,9 +303,7 @@ impl Replayer {
 
     /// The lane of an instance: held while one of its changes is being decided.
     fn lane(&self, instance: &str) -> &Mutex<()> {
-        let mut h = DefaultHasher::new();
-        instance.hash(&mut h);
-        &self.lanes[(h.finish() % LANES as u64) as usize]
+        &self.lanes[lane_index(instance)]
     }
 
     /// Count and log a transient failure (one line, with the reason).
@@ -222,9 +318,25 @@ impl Replayer {
         );
     }
 
-    /// Record `change` as applied (durably), then count it and feed the lag metrics.
-    async fn mark_applied(&self, change: &Change) -> Result<Outcome, ReplayError> {
-        self.store.record_applied(change).await?;
+    /// The lanes of several instances at once (a deletion), each lane once, in lane order.
+    async fn lanes_of(&self, instances: &[&str]) -> Vec<tokio::sync::MutexGuard<'_, ()>> {
+        let mut indexes: Vec<usize> = instances.iter().map(|i| lane_index(i)).collect();
+        indexes.sort_unstable();
+        indexes.dedup();
+        let mut guards = Vec::with_capacity(indexes.len());
+        for i in indexes {
+            guards.push(self.lanes[i].lock().await);
+        }
+        guards
+    }
+
+    /// Note that some instance has a repair left, for the timer.
+    fn repairs_pending(&self) {
+        self.repairs.store(true, Relaxed);
+    }
+
+    /// Count a change recorded as applied (durably, by the caller) and feed the lag metrics.
+    fn applied(&self, change: &Change) -> Result<Outcome, ReplayError> {
         let now = now_ms();
         crate::metrics::replay_applied(
             change.event.kind(),
@@ -261,29 +373,21 @@ impl crate::amqp::ChangeHandler for ReplayHandler {
     async fn heartbeat(&self, heartbeat: Heartbeat) {
         self.0.heartbeat(&heartbeat);
     }
+
+    fn retry_max(&self) -> Duration {
+        self.0.retry_max()
+    }
 }
 
-/// 100 ms doubling per attempt (1, 2, ...), capped at `max` (at least 1 ms).
-fn backoff(attempt: u32, max: Duration) -> Duration {
-    let doubled =
-        Duration::from_millis(100).saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
-    doubled.min(max.max(Duration::from_millis(1)))
+fn lane_index(instance: &str) -> usize {
+    let mut h = DefaultHasher::new();
+    instance.hash(&mut h);
+    (h.finish() % LANES as u64) as usize
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_doubles_up_to_the_cap() {
-        let max = Duration::from_secs(10);
-        let delays: Vec<u64> = [0, 1, 2, 3, 7, 8, 40, u32::MAX]
-            .iter()
-            .map(|&a| backoff(a, max).as_millis() as u64)
-            .collect();
-        assert_eq!(delays, [100, 100, 200, 400, 6400, 10_000, 10_000, 10_000]);
-        assert_eq!(backoff(5, Duration::ZERO), Duration::from_millis(1));
-    }
 
     #[test]
     fn conductor_debug_hides_the_secret() {

@@ -1,9 +1,12 @@
-//! Parked changes: params changes that arrived before their instance's registration.
+//! Parked changes: params changes that arrived before their instance's registration, and
+//! dead letters an operator put back (of any kind); and the repairs a registration or a
+//! deletion left undone.
 //!
-//! Owns retrying them in per-instance order (origin, then `instance_seq`), stopping at the
-//! first one the server still refuses so a later change never overtakes an earlier one, and
-//! dead-lettering those parked longer than `replay.park_ttl`. It must not decide how a single
-//! change is applied (`apply.rs`) and holds no state of its own: the parked table is the truth.
+//! Owns retrying them instance by instance (the merge makes their order irrelevant: each
+//! applies only what is still newer), stopping at the first one the server still refuses,
+//! dead-lettering those parked longer than `replay.park_ttl`, and the timer that also
+//! finishes pending repairs. It must not decide how a single change is applied (`apply.rs`)
+//! and holds no state of its own: the parked table and the instance states are the truth.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -53,12 +56,24 @@ impl Replayer {
 
     async fn retry_parked_into(&self, report: &mut RetryReport) -> Result<(), ReplayError> {
         self.expire(report).await?;
-        let instances: BTreeSet<String> = self
-            .store
-            .parked()?
-            .into_iter()
-            .filter_map(|e| e.change.instance)
-            .collect();
+        let parked = self.store.parked()?;
+        // Deletions put back by an operator (they have no instance, and take lanes themselves).
+        for entry in parked.iter().filter(|e| e.change.instance.is_none()) {
+            let change = &entry.change;
+            let outcome = match change.deployment.as_deref() {
+                Some(d) if matches!(change.event, Event::Deletion) => {
+                    self.deletion(change, d).await?
+                }
+                _ => {
+                    let reason = "a change without an instance that is no deletion";
+                    self.dead_letter(change, reason, true).await?
+                }
+            };
+            self.store.unpark(&change.message_id()).await?;
+            report.add(outcome);
+        }
+        let instances: BTreeSet<String> =
+            parked.into_iter().filter_map(|e| e.change.instance).collect();
         for uuid in instances {
             let _lane = self.lane(&uuid).lock().await;
             self.drain(&uuid, report).await?;
@@ -73,6 +88,16 @@ impl Replayer {
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 () = tokio::time::sleep(period) => {}
+            }
+            if self.repairs.swap(false, std::sync::atomic::Ordering::Relaxed) {
+                if let Err(e) = self.repair_all().await {
+                    self.repairs_pending();
+                    tracing::warn!(
+                        reason = e.reason(),
+                        error = %e,
+                        "finishing pending repairs failed; trying again later"
+                    );
+                }
             }
             if self.store.parked_count() == 0 {
                 continue;
@@ -110,6 +135,20 @@ impl Replayer {
         }
     }
 
+    /// Finish every repair a registration or deletion left undone (see `Replayer::repair`).
+    pub async fn repair_all(&self) -> Result<(), ReplayError> {
+        for (uuid, _) in self.store.instances_to_repair()? {
+            let _lane = self.lane(&uuid).lock().await;
+            // Read again under the lane: a change may have finished it meanwhile.
+            if let Some(mut state) = self.store.instance_state(&uuid)? {
+                if state.repost || state.reapply {
+                    self.repair(&uuid, &mut state).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Dead-letter every parked change older than the TTL.
     async fn expire(&self, report: &mut RetryReport) -> Result<(), ReplayError> {
         let ttl_ms = u64::try_from(self.park_ttl.as_millis()).unwrap_or(u64::MAX);
@@ -127,18 +166,30 @@ impl Replayer {
         Ok(())
     }
 
-    /// Retry the parked changes of one instance in order (its lane held by the caller),
-    /// stopping at the first one that stays parked.
+    /// Retry the parked changes of one instance (its lane held by the caller), registrations
+    /// first, stopping at the first one that stays parked.
     async fn drain(&self, uuid: &str, report: &mut RetryReport) -> Result<(), ReplayError> {
-        for entry in self.store.parked_for(uuid)? {
+        let mut entries = self.store.parked_for(uuid)?;
+        entries.sort_by_key(|e| !matches!(e.change.event, Event::Registration { .. }));
+        for entry in entries {
             let change = &entry.change;
             let outcome = match &change.event {
                 Event::Params { audrey_data, .. } => {
                     self.params(change, uuid, audrey_data, true).await?
                 }
-                other => {
-                    let reason = format!("a {} change cannot be parked", other.kind());
-                    self.dead_letter(change, &reason, true).await?
+                Event::Registration {
+                    instance_config,
+                    secret,
+                } => {
+                    let outcome = self
+                        .registration(change, uuid, instance_config, secret)
+                        .await?;
+                    self.store.unpark(&change.message_id()).await?;
+                    outcome
+                }
+                Event::Deletion => {
+                    let reason = "a deletion parked under an instance";
+                    self.dead_letter(change, reason, true).await?
                 }
             };
             if outcome == Outcome::Duplicate {

@@ -3,7 +3,7 @@
 //! Owns the write halves (each one op in the writer's transaction, so a requeue moves a
 //! record atomically) and their `Store` methods. An outbound letter goes back into the
 //! outbox under its own `origin_seq` (same message id, same place in order); an inbound one
-//! is re-parked so the parked-retry timer applies it. It must not publish, replay or decide
+//! is re-parked so the parked-retry timer applies what in it is still newer. It must not publish, replay or decide
 //! who may ask: the admin endpoint and the CLI (`deadletters.rs`) do that.
 
 use redb::{ReadableTable, WriteTransaction};
@@ -64,14 +64,20 @@ pub(crate) fn requeue_inbound(txn: &WriteTransaction, id: u64) -> Result<Requeue
             ))
         }
     };
-    match (&change.event, change.instance.as_deref()) {
-        (Event::Params { .. }, Some(_)) => {}
-        (event, _) => {
-            return Ok(Requeue::Refused(format!(
-                "only params changes can be re-parked; capture this {} again at its origin site",
-                event.kind()
-            )))
-        }
+    let usable = match &change.event {
+        Event::Deletion => change.deployment.is_some(),
+        _ => change.instance.is_some(),
+    };
+    if !usable {
+        return Ok(Requeue::Refused(format!(
+            "this {} change lacks its {}; it cannot be replayed",
+            change.event.kind(),
+            if matches!(change.event, Event::Deletion) {
+                "deployment"
+            } else {
+                "instance"
+            }
+        )));
     }
     drop(dead);
     super::replay::park(

@@ -22,12 +22,15 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, PoisonError, RwLock};
 
-use redb::{Database, ReadTransaction, ReadableDatabase};
+use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable};
 use tokio::sync::{mpsc, oneshot};
 
 pub use dead::Requeue;
+pub use replay::Merge;
 pub use error::StoreError;
-pub use tables::{InboundDeadLetter, OriginState, OutboundDeadLetter, ParkedEntry};
+pub use tables::{
+    InboundDeadLetter, InstanceState, OriginState, OutboundDeadLetter, ParkedEntry, Registered, Slot,
+};
 use writer::{Op, Request, Value};
 
 /// File name of the database inside the state directory.
@@ -70,6 +73,8 @@ pub(crate) struct Shared {
     path: PathBuf,
     dir: PathBuf,
     site: String,
+    /// Made when the store was created; a store made again (state lost) gets a new one.
+    incarnation: String,
     /// `None` once closed, or while a reopen failed. Readers hold the read side for the
     /// length of one read transaction; only a reopen or close takes the write side.
     db: RwLock<Option<Database>>,
@@ -100,11 +105,13 @@ impl Store {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::open(dir, e))?;
         let path = dir.join(FILE_NAME);
         let db = writer::open_db(&path)?;
-        let snapshot = create_tables(&db).map_err(|e| StoreError::open(&path, e))?;
+        let (snapshot, incarnation) =
+            create_tables(&db).map_err(|e| StoreError::open(&path, e))?;
         let shared = Arc::new(Shared {
             path,
             dir: dir.to_owned(),
             site: site.to_owned(),
+            incarnation,
             db: RwLock::new(Some(db)),
             needs_reopen: AtomicBool::new(false),
             closed: AtomicBool::new(false),
@@ -118,6 +125,12 @@ impl Store {
     /// The site this store assigns `origin_seq` for.
     pub fn site(&self) -> &str {
         &self.shared.site
+    }
+
+    /// This store's incarnation id: every change it assigns carries it, so that other sites
+    /// tell a store made again (its sequences restart at 1) from replays of the old one.
+    pub fn incarnation(&self) -> &str {
+        &self.shared.incarnation
     }
 
     /// Path of the database file.
@@ -197,23 +210,45 @@ impl Store {
     }
 }
 
-/// Create every table (so readers never meet a missing one) and count what is there.
-fn create_tables(db: &Database) -> Result<writer::Snapshot, StoreError> {
+/// Create every table (so readers never meet a missing one), count what is there, and read
+/// (or, in a new store, make) the store's incarnation id.
+fn create_tables(db: &Database) -> Result<(writer::Snapshot, String), StoreError> {
     let txn = db.begin_write().wr()?;
     txn.open_table(tables::OUTBOX).wr()?;
     txn.open_table(tables::OUTBOX_DEAD).wr()?;
     txn.open_table(tables::META).wr()?;
     txn.open_table(tables::INSTANCE_SEQ).wr()?;
     txn.open_table(tables::DEPLOYMENTS).wr()?;
-    txn.open_table(tables::APPLIED_INSTANCE).wr()?;
-    txn.open_table(tables::APPLIED_DELETION).wr()?;
+    txn.open_table(tables::INSTANCE_STATE).wr()?;
+    txn.open_table(tables::TOMBSTONES).wr()?;
     txn.open_table(tables::ORIGINS).wr()?;
     txn.open_table(tables::PARKED).wr()?;
     txn.open_table(tables::INBOUND_DEAD).wr()?;
     txn.open_table(tables::INSTANCE_SECRETS).wr()?;
+    let incarnation = {
+        let mut text = txn.open_table(tables::META_TEXT).wr()?;
+        let found = text
+            .get(tables::META_TEXT_INCARNATION)
+            .wr()?
+            .map(|v| v.value().to_owned());
+        match found {
+            Some(id) => id,
+            None => {
+                let id = new_incarnation();
+                text.insert(tables::META_TEXT_INCARNATION, id.as_str())
+                    .wr()?;
+                id
+            }
+        }
+    };
     let snapshot = writer::Snapshot::take(&txn)?;
     txn.commit().wr()?;
-    Ok(snapshot)
+    Ok((snapshot, incarnation))
+}
+
+/// A new incarnation id: 64 random bits, 16 hex digits.
+fn new_incarnation() -> String {
+    format!("{:016x}", rand::random::<u64>())
 }
 
 /// Map a redb result into `StoreError::Write`.

@@ -22,6 +22,7 @@ use crate::change::{now_ms, Capture, Change, Event};
 pub(crate) fn append(
     txn: &WriteTransaction,
     site: &str,
+    incarnation: &str,
     capture: &Capture,
 ) -> Result<Change, StoreError> {
     let mut meta = txn.open_table(tables::META).wr()?;
@@ -31,6 +32,15 @@ pub(crate) fn append(
         .map_or(1, |v| v.value());
     meta.insert(tables::META_NEXT_ORIGIN_SEQ, origin_seq + 1)
         .wr()?;
+    // The version's time never moves back within this store, whatever the clock does.
+    let last_ms = meta
+        .get(tables::META_LAST_VERSION_MS)
+        .wr()?
+        .map_or(0, |v| v.value());
+    let version_ms = capture.captured_at_ms.max(last_ms).max(1);
+    if version_ms != last_ms {
+        meta.insert(tables::META_LAST_VERSION_MS, version_ms).wr()?;
+    }
 
     let mut deployment = capture.deployment.clone();
     let mut instance_seq = 0;
@@ -58,7 +68,9 @@ pub(crate) fn append(
 
     let change = Change {
         origin_site: site.to_owned(),
+        incarnation: incarnation.to_owned(),
         origin_seq,
+        version_ms,
         instance_seq,
         api_version: capture.api_version,
         instance: capture.instance.clone(),

@@ -1,51 +1,73 @@
-//! Replay state: what this site applied from other sites, what waits, what was given up.
+//! Replay state: what this site's server holds of other sites' instances, what waits, what
+//! was given up.
 //!
-//! Owns the per `(origin, instance)` high-water mark of applied `instance_seq`, the per
-//! `(origin, deployment)` mark of applied deletions, per-origin state for the lag metric,
+//! Owns the state-based merge's memory (per instance its registration and each provided
+//! parameter, service return code and guest address with the version it came with; per
+//! deployment the version of its newest deletion), per-origin state for the lag metric,
 //! parked changes (instance not registered here yet), inbound dead letters and the OAuth
-//! secrets of instances registered here by replay. Each write is
-//! one atomic op in the writer's transaction. It must not talk to the server or the broker.
+//! secrets of instances registered here by replay. Each write is one atomic op in the
+//! writer's transaction. It must not talk to the server or the broker, nor decide what is
+//! newer: `crate::replay` does, this module keeps what it decided.
 
 use redb::{ReadableTable, WriteTransaction};
 
 use super::outbox::flag;
-use super::tables::{self, InboundDeadLetter, OriginState, ParkedEntry};
+use super::tables::{self, InboundDeadLetter, InstanceState, OriginState, ParkedEntry};
 use super::writer::{Op, Value};
 use super::{OrRead, OrWrite, Store, StoreError};
-use crate::change::{now_ms, Change, Event};
+use crate::change::{now_ms, Change, Event, Version};
 
-/// Raise the marks for `change`, update its origin's state, learn its deployment when this
-/// site does not know one, and drop it from the parked table. One transaction.
+/// One durable step of the merge, in one transaction: instance states to save (`None`:
+/// forget the instance), a deletion's tombstone, and the change whose effect they record.
+#[derive(Debug, Clone, Default)]
+pub struct Merge {
+    pub states: Vec<(String, Option<InstanceState>)>,
+    /// `(deployment, version)` of a deletion applied here.
+    pub tombstone: Option<(String, Version)>,
+    /// The change applied (its origin's statistics, its learnt deployment, a registration's
+    /// secret, its removal from the parked table); `None` for a step of no one change.
+    pub applied: Option<Change>,
+}
+
+pub(crate) fn merge(txn: &WriteTransaction, merge: &Merge) -> Result<(), StoreError> {
+    if !merge.states.is_empty() {
+        let mut states = txn.open_table(tables::INSTANCE_STATE).wr()?;
+        for (instance, state) in &merge.states {
+            match state {
+                Some(state) => {
+                    let bytes = tables::encode("instance_state", state)?;
+                    states.insert(instance.as_str(), bytes.as_slice()).wr()?;
+                }
+                None => {
+                    states.remove(instance.as_str()).wr()?;
+                }
+            }
+        }
+    }
+    if let Some((deployment, version)) = &merge.tombstone {
+        let bytes = tables::encode("tombstones", version)?;
+        txn.open_table(tables::TOMBSTONES)
+            .wr()?
+            .insert(deployment.as_str(), bytes.as_slice())
+            .wr()?;
+    }
+    if let Some(change) = &merge.applied {
+        record_applied(txn, change)?;
+    }
+    Ok(())
+}
+
+/// Update the change's origin state, learn its deployment when this site does not know one,
+/// keep a registration's secret, and drop the change from the parked table.
 pub(crate) fn record_applied(txn: &WriteTransaction, change: &Change) -> Result<(), StoreError> {
     let origin = change.origin_site.as_str();
-    match (
-        &change.event,
-        change.instance.as_deref(),
-        change.deployment.as_deref(),
-    ) {
-        (Event::Deletion, _, deployment) => {
-            raise(
-                txn,
-                tables::APPLIED_DELETION,
-                (origin, deployment.unwrap_or("")),
-                change.origin_seq,
-            )?;
+    if let Some(instance) = change.instance.as_deref() {
+        if let Event::Registration { secret, .. } = &change.event {
+            remember_secret(txn, instance, secret)?;
         }
-        (event, Some(instance), deployment) => {
-            if let Event::Registration { secret, .. } = event {
-                remember_secret(txn, instance, secret)?;
-            }
-            raise(
-                txn,
-                tables::APPLIED_INSTANCE,
-                (origin, instance),
-                change.instance_seq,
-            )?;
-            if let Some(d) = deployment {
-                super::outbox::learn_deployment(txn, instance, d)?;
-            }
+        if let Some(d) = change.deployment.as_deref() {
+            super::outbox::learn_deployment(txn, instance, d)?;
         }
-        (_, None, _) => {}
     }
 
     let mut origins = txn.open_table(tables::ORIGINS).wr()?;
@@ -59,6 +81,13 @@ pub(crate) fn record_applied(txn: &WriteTransaction, change: &Change) -> Result<
     state.last_captured_at_ms = state.last_captured_at_ms.max(change.captured_at_ms);
     state.last_applied_at_ms = now_ms();
     state.applied += 1;
+    let version = change.version();
+    if version > state.newest {
+        if !change.incarnation.is_empty() {
+            state.incarnation.clone_from(&change.incarnation);
+        }
+        state.newest = version;
+    }
     let bytes = tables::encode("origins", &state)?;
     origins.insert(origin, bytes.as_slice()).wr()?;
     drop(origins);
@@ -67,20 +96,6 @@ pub(crate) fn record_applied(txn: &WriteTransaction, change: &Change) -> Result<
         .wr()?
         .remove(change.message_id().as_str())
         .wr()?;
-    Ok(())
-}
-
-fn raise(
-    txn: &WriteTransaction,
-    def: redb::TableDefinition<(&str, &str), u64>,
-    key: (&str, &str),
-    seq: u64,
-) -> Result<(), StoreError> {
-    let mut table = txn.open_table(def).wr()?;
-    let current = table.get(key).wr()?.map_or(0, |v| v.value());
-    if seq > current {
-        table.insert(key, seq).wr()?;
-    }
     Ok(())
 }
 
@@ -178,50 +193,81 @@ pub(crate) fn dead_letter_parked(
 }
 
 impl Store {
-    /// Highest `instance_seq` of `instance` from `origin` applied here (0: none).
-    pub fn applied_seq(&self, origin: &str, instance: &str) -> Result<u64, StoreError> {
+    /// What this site's server holds of `instance`, as far as federation put it there.
+    pub fn instance_state(&self, instance: &str) -> Result<Option<InstanceState>, StoreError> {
         self.read(|txn| {
-            let table = txn.open_table(tables::APPLIED_INSTANCE).rd()?;
-            let seq = table.get((origin, instance)).rd()?.map_or(0, |v| v.value());
-            Ok(seq)
+            let table = txn.open_table(tables::INSTANCE_STATE).rd()?;
+            let found = table.get(instance).rd()?;
+            found
+                .map(|v| tables::decode("instance_state", instance, v.value()))
+                .transpose()
         })
     }
 
-    /// `origin_seq` of the latest deletion of `deployment` from `origin` applied here (0: none).
-    pub fn applied_deletion_seq(&self, origin: &str, deployment: &str) -> Result<u64, StoreError> {
+    /// Every federated instance whose registration here is in `deployment`, with its state.
+    /// A scan: deletions are rare.
+    pub fn instances_in(&self, deployment: &str) -> Result<Vec<(String, InstanceState)>, StoreError> {
         self.read(|txn| {
-            let table = txn.open_table(tables::APPLIED_DELETION).rd()?;
-            let seq = table
-                .get((origin, deployment))
-                .rd()?
-                .map_or(0, |v| v.value());
-            Ok(seq)
+            let table = txn.open_table(tables::INSTANCE_STATE).rd()?;
+            let mut out = Vec::new();
+            for entry in table.iter().rd()? {
+                let (key, value) = entry.rd()?;
+                let state: InstanceState =
+                    tables::decode("instance_state", key.value(), value.value())?;
+                if state
+                    .registration
+                    .as_ref()
+                    .is_some_and(|r| r.deployment == deployment)
+                {
+                    out.push((key.value().to_owned(), state));
+                }
+            }
+            Ok(out)
         })
     }
 
-    /// Whether `change` (or a later one that supersedes it) was already applied here:
-    /// `instance_seq <=` the instance mark, or for a deletion `origin_seq <=` the deletion mark.
-    pub fn is_applied(&self, change: &Change) -> Result<bool, StoreError> {
-        match (&change.event, change.instance.as_deref()) {
-            (Event::Deletion, _) => {
-                let deployment = change.deployment.as_deref().unwrap_or("");
-                Ok(change.origin_seq
-                    <= self.applied_deletion_seq(&change.origin_site, deployment)?)
+    /// The federated instances with a repair left to do (a registration to POST again, or
+    /// values to PUT back after one).
+    pub fn instances_to_repair(&self) -> Result<Vec<(String, InstanceState)>, StoreError> {
+        self.read(|txn| {
+            let table = txn.open_table(tables::INSTANCE_STATE).rd()?;
+            let mut out = Vec::new();
+            for entry in table.iter().rd()? {
+                let (key, value) = entry.rd()?;
+                let state: InstanceState =
+                    tables::decode("instance_state", key.value(), value.value())?;
+                if state.repost || state.reapply {
+                    out.push((key.value().to_owned(), state));
+                }
             }
-            (_, Some(instance)) => {
-                Ok(change.instance_seq <= self.applied_seq(&change.origin_site, instance)?)
-            }
-            (_, None) => Ok(false),
-        }
+            Ok(out)
+        })
     }
 
-    /// Durably record that `change` was applied here (marks, origin state, learnt
-    /// deployment, a registration's instance secret, and removal from the parked table, all
-    /// in one transaction).
+    /// Version of the newest deletion of `deployment` applied here.
+    pub fn tombstone(&self, deployment: &str) -> Result<Option<Version>, StoreError> {
+        self.read(|txn| {
+            let table = txn.open_table(tables::TOMBSTONES).rd()?;
+            let found = table.get(deployment).rd()?;
+            found
+                .map(|v| tables::decode("tombstones", deployment, v.value()))
+                .transpose()
+        })
+    }
+
+    /// Durably keep one step of the merge (see [`Merge`]).
+    pub async fn merge(&self, merge: Merge) -> Result<(), StoreError> {
+        self.submit(Op::Merge(Box::new(merge))).await.map(|_| ())
+    }
+
+    /// Durably record that `change` was applied here without changing any instance state
+    /// (its origin's statistics, learnt deployment, secret, removal from the parked table).
     pub async fn record_applied(&self, change: &Change) -> Result<(), StoreError> {
-        self.submit(Op::RecordApplied(Box::new(change.clone())))
-            .await
-            .map(|_| ())
+        self.merge(Merge {
+            applied: Some(change.clone()),
+            ..Merge::default()
+        })
+        .await
     }
 
     /// Durably remember the OAuth secret of `instance` at this site's server (replacing any).

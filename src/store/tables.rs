@@ -8,7 +8,9 @@ use redb::TableDefinition;
 use serde::{Deserialize, Serialize};
 
 use super::StoreError;
-use crate::change::Change;
+use std::collections::BTreeMap;
+
+use crate::change::{Change, Version};
 
 pub(crate) const OUTBOX_NAME: &str = "outbox";
 
@@ -22,12 +24,14 @@ pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta")
 pub(crate) const INSTANCE_SEQ: TableDefinition<&str, u64> = TableDefinition::new("instance_seq");
 /// `instance uuid -> deployment id`, learnt from registrations and the server's storage dir.
 pub(crate) const DEPLOYMENTS: TableDefinition<&str, &str> = TableDefinition::new("deployments");
-/// `(origin_site, instance) -> highest instance_seq applied here`.
-pub(crate) const APPLIED_INSTANCE: TableDefinition<(&str, &str), u64> =
-    TableDefinition::new("applied_instance");
-/// `(origin_site, deployment) -> origin_seq of the latest deletion applied here`.
-pub(crate) const APPLIED_DELETION: TableDefinition<(&str, &str), u64> =
-    TableDefinition::new("applied_deletion");
+/// `instance uuid -> serde_json(InstanceState)`: what this site's server holds of an instance
+/// federated from another site, each part with the version it came with.
+pub(crate) const INSTANCE_STATE: TableDefinition<&str, &[u8]> =
+    TableDefinition::new("instance_state");
+/// `deployment id -> serde_json(Version)`: the newest deletion of the deployment applied here.
+pub(crate) const TOMBSTONES: TableDefinition<&str, &[u8]> = TableDefinition::new("tombstones");
+/// Named strings: see the `META_TEXT_*` keys.
+pub(crate) const META_TEXT: TableDefinition<&str, &str> = TableDefinition::new("meta_text");
 /// `origin_site -> serde_json(OriginState)`.
 pub(crate) const ORIGINS: TableDefinition<&str, &[u8]> = TableDefinition::new("origins");
 /// `message_id -> serde_json(ParkedEntry)`: inbound changes waiting for their instance.
@@ -42,6 +46,10 @@ pub(crate) const INSTANCE_SECRETS: TableDefinition<&str, &str> =
 /// Next `origin_seq` to assign (starts at 1). Kept apart from the outbox so that delivered
 /// (removed) entries never give their number back.
 pub(crate) const META_NEXT_ORIGIN_SEQ: &str = "next_origin_seq";
+/// Highest `version_ms` given to a change here, so versions never move back with the clock.
+pub(crate) const META_LAST_VERSION_MS: &str = "last_version_ms";
+/// This store's incarnation id, made once when the store is created.
+pub(crate) const META_TEXT_INCARNATION: &str = "incarnation";
 /// Next inbound dead-letter id (starts at 1).
 pub(crate) const META_NEXT_INBOUND_DEAD: &str = "next_inbound_dead_id";
 /// Time of the last readiness probe write.
@@ -88,6 +96,61 @@ pub struct InboundDeadLetter {
     pub raw: Vec<u8>,
 }
 
+/// What this site's server holds of one instance federated from another site: the state-based
+/// merge's memory. A change is applied only for the parts whose version is newer than the one
+/// held here, so order, duplicates and replays can neither lose nor roll back a value.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceState {
+    /// The newest registration applied here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registration: Option<Registered>,
+    /// Provided parameters by name: the newest `name&BASE64` piece applied (or to apply).
+    #[serde(default)]
+    pub params: BTreeMap<String, Slot>,
+    /// Service return codes by service name, the same way.
+    #[serde(default)]
+    pub codes: BTreeMap<String, Slot>,
+    /// The guest address the newest `PUT /params` carried (the server records it as the
+    /// instance's IP): `piece` holds the address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<Slot>,
+    /// A registration was POSTed (which wipes the server's provided values) and the values
+    /// newer than it are not yet PUT back.
+    #[serde(default)]
+    pub reapply: bool,
+    /// A deletion older than the registration removed the instance from the server: the
+    /// registration must be POSTed again (then its values PUT back).
+    #[serde(default)]
+    pub repost: bool,
+}
+
+/// A registration as applied here.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Registered {
+    pub version: Version,
+    pub deployment: String,
+    pub api_version: u8,
+    pub instance_config: String,
+    pub secret: String,
+}
+
+impl std::fmt::Debug for Registered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registered")
+            .field("version", &self.version)
+            .field("deployment", &self.deployment)
+            .field("api_version", &self.api_version)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One versioned part of an instance's state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Slot {
+    pub version: Version,
+    pub piece: String,
+}
+
 /// What was applied here from one origin site, for idempotence reports and the lag metric.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OriginState {
@@ -100,6 +163,13 @@ pub struct OriginState {
     pub last_applied_at_ms: u64,
     /// How many changes were recorded as applied.
     pub applied: u64,
+    /// The origin's newest incarnation seen here (empty before the first, or for
+    /// `audrey_format` 1 changes).
+    #[serde(default)]
+    pub incarnation: String,
+    /// The version of the newest change applied from it.
+    #[serde(default)]
+    pub newest: Version,
 }
 
 /// Just the capture time of an outbox record, for the oldest-entry gauge.

@@ -39,7 +39,7 @@ pub(crate) enum Op {
         reason: String,
     },
     Probe,
-    RecordApplied(Box<Change>),
+    Merge(Box<replay::Merge>),
     Park {
         change: Box<Change>,
         reason: String,
@@ -226,7 +226,12 @@ fn attempt(db: &Database, shared: &Shared, live: &[Request]) -> Result<Vec<Value
 
 fn apply(txn: &WriteTransaction, shared: &Shared, op: &Op) -> Result<Value, StoreError> {
     Ok(match op {
-        Op::Append(capture) => Value::Change(Box::new(outbox::append(txn, &shared.site, capture)?)),
+        Op::Append(capture) => Value::Change(Box::new(outbox::append(
+            txn,
+            &shared.site,
+            &shared.incarnation,
+            capture,
+        )?)),
         Op::MarkDelivered(seq) => Value::Flag(outbox::mark_delivered(txn, *seq)?),
         Op::LearnDeployments(pairs) => {
             let mut learnt = 0;
@@ -244,8 +249,8 @@ fn apply(txn: &WriteTransaction, shared: &Shared, op: &Op) -> Result<Value, Stor
                 .wr()?;
             Value::Unit
         }
-        Op::RecordApplied(change) => {
-            replay::record_applied(txn, change)?;
+        Op::Merge(merge) => {
+            replay::merge(txn, merge)?;
             Value::Unit
         }
         Op::Park { change, reason } => Value::Count(replay::park(txn, change, reason)?),

@@ -1,4 +1,5 @@
-//! The JSON body of an `audrey_format` 1 message.
+//! The JSON body of an `audrey_format` 1 or 2 message (2 adds `incarnation` and
+//! `version_ms`; everything else is the same).
 //!
 //! Owns the body's serde shape, kept separate from `crate::change` on purpose: renaming a
 //! field of the in-memory model must not silently change the wire. It must not know about
@@ -8,12 +9,19 @@ use serde::{Deserialize, Serialize};
 
 use crate::change::{Change, Event};
 
-/// Body of an `audrey_format` 1 message. Unknown fields are ignored (forward compatible).
+/// Body of an `audrey_format` 1 or 2 message. Unknown fields are ignored (forward
+/// compatible).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(super) struct BodyV1 {
     pub audrey_format: u64,
     pub origin_site: String,
+    /// Format 2: the origin store's incarnation (required there; absent in format 1).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub incarnation: String,
     pub origin_seq: u64,
+    /// Format 2: the version's origin time (required there; absent in format 1).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub version_ms: u64,
     pub instance_seq: u64,
     pub api_version: u8,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -54,6 +62,23 @@ impl EventV1 {
     }
 }
 
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+impl BodyV1 {
+    /// The body of `c` in `format` (1 leaves out what format 2 added).
+    pub fn of(c: &Change, format: u8) -> Self {
+        let mut body = BodyV1::from(c);
+        body.audrey_format = u64::from(format);
+        if format < 2 {
+            body.incarnation.clear();
+            body.version_ms = 0;
+        }
+        body
+    }
+}
+
 impl From<&Change> for BodyV1 {
     fn from(c: &Change) -> Self {
         let event = match &c.event {
@@ -78,7 +103,9 @@ impl From<&Change> for BodyV1 {
         BodyV1 {
             audrey_format: u64::from(super::FORMAT_VERSION),
             origin_site: c.origin_site.clone(),
+            incarnation: c.incarnation.clone(),
             origin_seq: c.origin_seq,
+            version_ms: c.version_ms,
             instance_seq: c.instance_seq,
             api_version: c.api_version,
             instance: c.instance.clone(),
@@ -113,7 +140,9 @@ impl From<BodyV1> for Change {
         };
         Change {
             origin_site: b.origin_site,
+            incarnation: b.incarnation,
             origin_seq: b.origin_seq,
+            version_ms: b.version_ms,
             instance_seq: b.instance_seq,
             api_version: b.api_version,
             instance: b.instance,

@@ -56,8 +56,14 @@ enum HeartbeatEventV1 {
 /// Encodes a heartbeat: not durable, expiring after `ttl_ms` in the broker. `subject` is
 /// `routing_key(template, HEARTBEAT_DEPLOYMENT)`.
 pub fn encode_heartbeat(hb: &Heartbeat, subject: &str, ttl_ms: u64) -> WireMessage {
+    encode_heartbeat_as(hb, subject, ttl_ms, FORMAT_VERSION)
+}
+
+/// [`encode_heartbeat`] in `format` (the heartbeat is the same in 1 and 2).
+pub fn encode_heartbeat_as(hb: &Heartbeat, subject: &str, ttl_ms: u64, format: u8) -> WireMessage {
+    let format = if format < 2 { 1 } else { FORMAT_VERSION };
     let body = HeartbeatV1 {
-        audrey_format: u64::from(FORMAT_VERSION),
+        audrey_format: u64::from(format),
         origin_site: hb.origin_site.clone(),
         captured_at_ms: hb.sent_at_ms,
         event: HeartbeatEventV1::Heartbeat,
@@ -72,7 +78,7 @@ pub fn encode_heartbeat(hb: &Heartbeat, subject: &str, ttl_ms: u64) -> WireMessa
         properties: vec![
             (
                 prop::AUDREY_FORMAT.to_owned(),
-                WireValue::U8(FORMAT_VERSION),
+                WireValue::U8(format),
             ),
             (
                 prop::EVENT_KIND.to_owned(),
@@ -90,17 +96,17 @@ pub fn encode_heartbeat(hb: &Heartbeat, subject: &str, ttl_ms: u64) -> WireMessa
 
 /// The rest of `decode_inbound` once `event_kind` said heartbeat (version and content type
 /// already checked). Other properties are ignored.
-pub(super) fn decode(msg: &WireMessage, props: &Props<'_>) -> Result<Heartbeat, WireError> {
+pub(super) fn decode(
+    msg: &WireMessage,
+    props: &Props<'_>,
+    format: u64,
+) -> Result<Heartbeat, WireError> {
     let origin_site = props
         .string(prop::ORIGIN_SITE)?
         .ok_or(WireError::MissingProperty(prop::ORIGIN_SITE))?;
     let body: HeartbeatV1 =
         serde_json::from_slice(&msg.body).map_err(|e| WireError::Body(shorten(&e.to_string())))?;
-    agree(
-        "audrey_format",
-        &u64::from(FORMAT_VERSION),
-        &body.audrey_format,
-    )?;
+    agree("audrey_format", &format, &body.audrey_format)?;
     agree("origin_site", &origin_site, &body.origin_site.as_str())?;
     let hb = Heartbeat {
         origin_site: body.origin_site,

@@ -15,12 +15,16 @@ use body::BodyV1;
 
 use crate::change::Change;
 
-pub use heartbeat::{encode_heartbeat, Heartbeat, HEARTBEAT_DEPLOYMENT, HEARTBEAT_KIND};
+pub use heartbeat::{
+    encode_heartbeat, encode_heartbeat_as, Heartbeat, HEARTBEAT_DEPLOYMENT, HEARTBEAT_KIND,
+};
 
 mod heartbeat;
 
-/// The `audrey_format` this build writes and reads.
-pub const FORMAT_VERSION: u8 = 1;
+/// The `audrey_format` this build writes by default (`amqp.wire_format`).
+pub const FORMAT_VERSION: u8 = 2;
+/// The `audrey_format` versions this build reads (and can write, for a rolling upgrade).
+pub const FORMATS: [u8; 2] = [1, 2];
 /// Content type of the body.
 pub const CONTENT_TYPE: &str = "application/json";
 /// Largest body [`decode_inbound`] reads (16 MiB): a change carries at most one request body of
@@ -39,6 +43,8 @@ pub mod prop {
     pub const API_VERSION: &str = "api_version";
     pub const INSTANCE_SEQ: &str = "instance_seq";
     pub const ORIGIN_SEQ: &str = "origin_seq";
+    pub const INCARNATION: &str = "incarnation";
+    pub const VERSION_MS: &str = "version_ms";
     pub const CLIENT_ADDR: &str = "client_addr";
 }
 
@@ -122,9 +128,9 @@ pub enum WireError {
     TooLarge(usize),
     #[error("content type is {0:?}, expected \"application/json\"")]
     ContentType(String),
-    #[error("unknown event_kind {0:?} (audrey_format 1 knows params, registration, deletion)")]
+    #[error("unknown event_kind {0:?} (audrey_format 1 and 2 know params, registration, deletion)")]
     UnknownKind(String),
-    #[error("body is not an audrey_format 1 JSON document: {0}")]
+    #[error("body is not an audrey_format 1 or 2 JSON document: {0}")]
     Body(String),
     #[error("`{field}` is {properties} in the message but {body} in the body")]
     Mismatch {
@@ -138,12 +144,11 @@ pub enum WireError {
 
 fn unsupported(v: &Option<u64>) -> String {
     match v {
-        None => format!(
-            "message has no usable audrey_format property (an unsigned integer); \
-             this build reads audrey_format {FORMAT_VERSION}"
-        ),
+        None => "message has no usable audrey_format property (an unsigned integer); \
+             this build reads audrey_format 1 and 2"
+            .to_owned(),
         Some(v) => format!(
-            "audrey_format {v} is not supported; this build reads audrey_format {FORMAT_VERSION} \
+            "audrey_format {v} is not supported; this build reads audrey_format 1 and 2 \
              (a newer sidecar wrote it: upgrade this site)"
         ),
     }
@@ -173,15 +178,19 @@ pub fn routing_key(template: &str, deployment: &str) -> String {
     template.replace(DEPLOYMENT_PLACEHOLDER, deployment)
 }
 
-/// Encodes a change. `subject` is the routing key (see [`routing_key`]).
+/// Encodes a change in [`FORMAT_VERSION`]. `subject` is the routing key (see [`routing_key`]).
 pub fn encode(change: &Change, subject: &str) -> WireMessage {
-    let body = BodyV1::from(change);
+    encode_as(change, subject, FORMAT_VERSION)
+}
+
+/// Encodes a change in `format` (one of [`FORMATS`]; 1 during a rolling upgrade, while some
+/// sites still read only 1: it leaves the incarnation and the version's time out).
+pub fn encode_as(change: &Change, subject: &str, format: u8) -> WireMessage {
+    let format = if format < 2 { 1 } else { FORMAT_VERSION };
+    let body = BodyV1::of(change, format);
     let kind = body.event.kind();
     let mut properties = vec![
-        (
-            prop::AUDREY_FORMAT.to_owned(),
-            WireValue::U8(FORMAT_VERSION),
-        ),
+        (prop::AUDREY_FORMAT.to_owned(), WireValue::U8(format)),
         (prop::EVENT_KIND.to_owned(), WireValue::Str(kind.to_owned())),
         (
             prop::ORIGIN_SITE.to_owned(),
@@ -214,8 +223,20 @@ pub fn encode(change: &Change, subject: &str) -> WireMessage {
     if let Some(addr) = &change.client_addr {
         properties.push((prop::CLIENT_ADDR.to_owned(), WireValue::Str(addr.clone())));
     }
+    if format >= 2 {
+        properties.push((
+            prop::INCARNATION.to_owned(),
+            WireValue::Str(body.incarnation.clone()),
+        ));
+        properties.push((prop::VERSION_MS.to_owned(), WireValue::U64(body.version_ms)));
+    }
+    let message_id = if format >= 2 {
+        change.message_id()
+    } else {
+        format!("{}:{}", change.origin_site, change.origin_seq)
+    };
     WireMessage {
-        message_id: change.message_id(),
+        message_id,
         subject: subject.to_owned(),
         creation_time_ms: change.captured_at_ms,
         content_type: CONTENT_TYPE.to_owned(),
@@ -240,11 +261,11 @@ pub fn decode(msg: &WireMessage) -> Result<Change, WireError> {
 /// Decodes and checks a change or a heartbeat, with the checks of [`decode`] in its order.
 pub fn decode_inbound(msg: &WireMessage) -> Result<Inbound, WireError> {
     let props = Props::index(&msg.properties)?;
-    match props.get(prop::AUDREY_FORMAT).map(WireValue::as_uint) {
-        Some(Some(v)) if v == u64::from(FORMAT_VERSION) => {}
+    let format = match props.get(prop::AUDREY_FORMAT).map(WireValue::as_uint) {
+        Some(Some(v)) if FORMATS.iter().any(|&f| u64::from(f) == v) => v,
         Some(found) => return Err(WireError::UnsupportedVersion(found)),
         None => return Err(WireError::UnsupportedVersion(None)),
-    }
+    };
     if msg.body.len() > MAX_BODY_BYTES {
         return Err(WireError::TooLarge(msg.body.len()));
     }
@@ -261,7 +282,7 @@ pub fn decode_inbound(msg: &WireMessage) -> Result<Inbound, WireError> {
         .string(prop::EVENT_KIND)?
         .ok_or(WireError::MissingProperty(prop::EVENT_KIND))?;
     if kind == HEARTBEAT_KIND {
-        return heartbeat::decode(msg, &props).map(Inbound::Heartbeat);
+        return heartbeat::decode(msg, &props, format).map(Inbound::Heartbeat);
     }
     if !EVENT_KINDS.contains(&kind) {
         return Err(WireError::UnknownKind(shorten(kind)));
@@ -275,14 +296,25 @@ pub fn decode_inbound(msg: &WireMessage) -> Result<Inbound, WireError> {
     let deployment = props.string(prop::DEPLOYMENT)?;
     let instance = props.string(prop::INSTANCE)?;
     let client_addr = props.string(prop::CLIENT_ADDR)?;
+    let (incarnation, version_ms) = if format >= 2 {
+        let incarnation = props
+            .string(prop::INCARNATION)?
+            .ok_or(WireError::MissingProperty(prop::INCARNATION))?;
+        if incarnation.is_empty() {
+            return Err(WireError::Invalid(
+                "incarnation is empty (audrey_format 2 needs one)".into(),
+            ));
+        }
+        (incarnation, props.uint(prop::VERSION_MS)?)
+    } else {
+        ("", 0)
+    };
 
     let body: BodyV1 =
         serde_json::from_slice(&msg.body).map_err(|e| WireError::Body(shorten(&e.to_string())))?;
-    agree(
-        "audrey_format",
-        &u64::from(FORMAT_VERSION),
-        &body.audrey_format,
-    )?;
+    agree("audrey_format", &format, &body.audrey_format)?;
+    agree("incarnation", &incarnation, &body.incarnation.as_str())?;
+    agree("version_ms", &version_ms, &body.version_ms)?;
     agree("event_kind", &kind, &body.event.kind())?;
     agree("origin_site", &origin_site, &body.origin_site.as_str())?;
     agree("origin_seq", &origin_seq, &body.origin_seq)?;
@@ -307,6 +339,9 @@ fn validate(c: &Change) -> Result<(), WireError> {
     let invalid = |m: &str| Err(WireError::Invalid(m.to_owned()));
     if c.origin_site.is_empty() {
         return invalid("origin_site is empty");
+    }
+    if c.incarnation.contains(':') {
+        return invalid("incarnation contains ':'");
     }
     if !(1..=2).contains(&c.api_version) {
         return Err(WireError::Invalid(format!(

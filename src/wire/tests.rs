@@ -10,6 +10,8 @@ use crate::change::Event;
 pub(crate) fn params_change() -> Change {
     Change {
         origin_site: "site-a".into(),
+        incarnation: "a1a1a1a1a1a1a1a1".into(),
+        version_ms: 1_700_000_000_000,
         origin_seq: 42,
         instance_seq: 3,
         api_version: 2,
@@ -86,14 +88,14 @@ fn raw_body(mut msg: WireMessage, body: Vec<u8>) -> WireMessage {
 #[test]
 fn encodes_the_documented_example() {
     let msg = good();
-    assert_eq!(msg.message_id, "site-a:42");
+    assert_eq!(msg.message_id, "site-a:a1a1a1a1a1a1a1a1:42");
     assert_eq!(msg.subject, "audrey.federation.D1");
     assert_eq!(msg.creation_time_ms, 1_700_000_000_000);
     assert_eq!(msg.content_type, "application/json");
     assert!(msg.durable);
     let s = |v: &str| WireValue::Str(v.into());
     let want = vec![
-        ("audrey_format", WireValue::U8(1)),
+        ("audrey_format", WireValue::U8(2)),
         ("event_kind", s("params")),
         ("origin_site", s("site-a")),
         ("deployment", s("D1")),
@@ -102,12 +104,58 @@ fn encodes_the_documented_example() {
         ("instance_seq", WireValue::U64(3)),
         ("origin_seq", WireValue::U64(42)),
         ("client_addr", s("10.0.0.5")),
+        ("incarnation", s("a1a1a1a1a1a1a1a1")),
+        ("version_ms", WireValue::U64(1_700_000_000_000)),
     ];
     let want: Vec<(String, WireValue)> = want.into_iter().map(|(n, v)| (n.to_owned(), v)).collect();
     assert_eq!(msg.properties, want);
     // Byte for byte the body in docs/wire-format.md.
-    let body = r#"{"audrey_format":1,"origin_site":"site-a","origin_seq":42,"instance_seq":3,"api_version":2,"instance":"I1","deployment":"D1","client_addr":"10.0.0.5","captured_at_ms":1700000000000,"event":{"kind":"params","audrey_data":"|ipaddress&MTAuMC4wLjU=|","values":[["ipaddress","10.0.0.5"]],"return_codes":false}}"#;
+    let body = r#"{"audrey_format":2,"origin_site":"site-a","incarnation":"a1a1a1a1a1a1a1a1","origin_seq":42,"version_ms":1700000000000,"instance_seq":3,"api_version":2,"instance":"I1","deployment":"D1","client_addr":"10.0.0.5","captured_at_ms":1700000000000,"event":{"kind":"params","audrey_data":"|ipaddress&MTAuMC4wLjU=|","values":[["ipaddress","10.0.0.5"]],"return_codes":false}}"#;
     assert_eq!(String::from_utf8(msg.body).expect("utf-8"), body);
+}
+
+#[test]
+fn format_1_is_written_for_a_rolling_upgrade_and_still_read() {
+    let msg = encode_as(&params_change(), "audrey.federation.D1", 1);
+    assert_eq!(msg.message_id, "site-a:42");
+    assert!(msg
+        .properties
+        .iter()
+        .all(|(n, _)| n != "incarnation" && n != "version_ms"));
+    assert_eq!(
+        msg.properties.first(),
+        Some(&("audrey_format".to_owned(), WireValue::U8(1)))
+    );
+    // Byte for byte the format 1 body in docs/wire-format.md: what a 1-only reader expects.
+    let body = r#"{"audrey_format":1,"origin_site":"site-a","origin_seq":42,"instance_seq":3,"api_version":2,"instance":"I1","deployment":"D1","client_addr":"10.0.0.5","captured_at_ms":1700000000000,"event":{"kind":"params","audrey_data":"|ipaddress&MTAuMC4wLjU=|","values":[["ipaddress","10.0.0.5"]],"return_codes":false}}"#;
+    assert_eq!(String::from_utf8(msg.body.clone()).expect("utf-8"), body);
+    // Read back: no incarnation, and the version's time is the capture time.
+    let back = decode(&msg).expect("format 1 decodes");
+    assert_eq!(back.incarnation, "");
+    assert_eq!(back.version().ms, 1_700_000_000_000);
+    assert_eq!(back.version().seq, 42);
+    assert_eq!(back.message_id(), "site-a:42");
+    assert_eq!(
+        Change {
+            incarnation: String::new(),
+            version_ms: 0,
+            ..params_change()
+        },
+        back
+    );
+}
+
+#[test]
+fn format_2_needs_an_incarnation() {
+    let msg = with_prop(good(), "incarnation", None);
+    assert_eq!(decode(&msg).expect_err("missing").as_str(), "missing_property");
+    let msg = with_body(
+        with_prop(good(), "incarnation", Some(WireValue::Str(String::new()))),
+        |v| drop(v.as_object_mut().map(|o| o.remove("incarnation"))),
+    );
+    assert_eq!(decode(&msg).expect_err("empty").as_str(), "invalid");
+    let msg = with_body(good(), |v| v["version_ms"] = json!(5));
+    assert_eq!(decode(&msg).expect_err("disagree").as_str(), "mismatch");
 }
 
 #[test]
@@ -135,7 +183,7 @@ fn accepted_variations() {
     let cases = vec![
         (
             "audrey_format as ulong",
-            with_prop(good(), "audrey_format", Some(WireValue::U64(1))),
+            with_prop(good(), "audrey_format", Some(WireValue::U64(2))),
         ),
         (
             "origin_seq as ubyte",
@@ -213,10 +261,10 @@ fn refusals_have_labels_and_messages() {
             "no usable audrey_format",
         ),
         (
-            "version 2",
-            with_prop(good(), "audrey_format", Some(WireValue::U8(2))),
+            "version 3",
+            with_prop(good(), "audrey_format", Some(WireValue::U8(3))),
             "unsupported_version",
-            "audrey_format 2 is not supported; this build reads audrey_format 1",
+            "audrey_format 3 is not supported; this build reads audrey_format 1 and 2",
         ),
         (
             "version 0",
@@ -380,11 +428,11 @@ fn refusals_have_labels_and_messages() {
                 ..good()
             },
             "mismatch",
-            "`message_id` is \"site-a:41\" in the message but \"site-a:42\" in the body",
+            "`message_id` is \"site-a:41\" in the message but \"site-a:a1a1a1a1a1a1a1a1:42\" in the body",
         ),
         (
             "body format",
-            with_body(good(), |v| v["audrey_format"] = json!(2)),
+            with_body(good(), |v| v["audrey_format"] = json!(1)),
             "mismatch",
             "audrey_format",
         ),
@@ -563,14 +611,14 @@ fn encodes_a_heartbeat_as_documented() {
     assert_eq!(
         msg.properties,
         vec![
-            ("audrey_format".to_owned(), WireValue::U8(1)),
+            ("audrey_format".to_owned(), WireValue::U8(2)),
             ("event_kind".to_owned(), WireValue::Str("heartbeat".into())),
             ("origin_site".to_owned(), WireValue::Str("site-a".into())),
         ]
     );
     assert_eq!(
         String::from_utf8(msg.body.clone()).expect("utf-8"),
-        r#"{"audrey_format":1,"origin_site":"site-a","captured_at_ms":1700000000500,"event":{"kind":"heartbeat"}}"#
+        r#"{"audrey_format":2,"origin_site":"site-a","captured_at_ms":1700000000500,"event":{"kind":"heartbeat"}}"#
     );
     assert_eq!(
         decode_inbound(&msg).expect("decodes"),
@@ -635,8 +683,8 @@ fn a_bad_heartbeat_is_refused() {
             "bad_body",
         ),
         (
-            "version 2",
-            with_prop(good_hb(), "audrey_format", Some(WireValue::U8(2))),
+            "version 3",
+            with_prop(good_hb(), "audrey_format", Some(WireValue::U8(3))),
             "unsupported_version",
         ),
         (

@@ -27,17 +27,13 @@ async fn server_down_is_transient_then_applies() {
             other => panic!("expected Unreachable, got {other:?}"),
         }
     }
-    assert_eq!(
-        site.store.applied_seq(PEER, "X1").unwrap(),
-        1,
-        "nothing settled"
-    );
+    assert_eq!(site.held_seq("X1", "ipaddress"), Some(1), "nothing settled");
     assert!(site.store.parked().unwrap().is_empty());
     assert_eq!(site.ip("X1").await, (200, "10.0.0.1".to_owned()));
 
     relay.up();
     assert_eq!(replayer.apply(c).await, Ok(Outcome::Applied));
-    assert_eq!(site.store.applied_seq(PEER, "X1").unwrap(), 2);
+    assert_eq!(site.held_seq("X1", "ipaddress"), Some(2));
     assert_eq!(site.ip("X1").await, (200, "10.0.0.2".to_owned()));
 }
 

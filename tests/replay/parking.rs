@@ -1,5 +1,6 @@
-//! Params changes that arrive before their registration: parked in order, applied in order
-//! once the registration arrives, dead-lettered past the TTL.
+//! Params changes that arrive before their registration: parked, applied once the
+//! registration arrives (each only for what in it is still newer, so their order does not
+//! matter), dead-lettered past the TTL.
 
 use std::time::Duration;
 
@@ -25,7 +26,7 @@ async fn params_before_registration_park_then_apply_in_order() {
     let parked = site.store.parked_for("X1").unwrap();
     let seqs: Vec<u64> = parked.iter().map(|p| p.change.instance_seq).collect();
     assert_eq!(seqs, [2, 3]);
-    assert!(parked[1].reason.contains("behind parked change site-b:2"));
+    assert!(parked[1].reason.contains("instance not registered here (404)"));
 
     // A timer pass while the instance is still unknown changes nothing.
     let report = site.replayer.retry_parked().await.unwrap();
@@ -37,11 +38,11 @@ async fn params_before_registration_park_then_apply_in_order() {
         }
     );
 
-    // The registration arrives: applied, then both parked changes, in order.
+    // The registration arrives: applied, then the parked changes; the newest value wins.
     let reg = registration(PEER, 1, 1, &x);
     assert_eq!(site.replayer.apply(reg).await, Ok(Outcome::Applied));
     assert!(site.store.parked().unwrap().is_empty());
-    assert_eq!(site.store.applied_seq(PEER, "X1").unwrap(), 3);
+    assert_eq!(site.held_seq("X1", "ipaddress"), Some(3));
     site.register_locally(&y).await;
     assert_eq!(site.peer_ip(&y).await.as_deref(), Some("192.0.2.2"));
     assert_eq!(site.ip("X1").await, (200, "10.0.0.2".to_owned()));
@@ -56,25 +57,25 @@ async fn parked_changes_apply_on_retry_after_a_local_registration() {
     // Conductor registers the instance here directly (no replayed registration).
     site.register_locally(&x).await;
     site.register_locally(&y).await;
-    // The instance is known now, yet a later change must not overtake the parked one.
+    // The instance is known now: a later change goes straight through, overtaking the
+    // parked one, which then finds nothing newer in itself to apply.
     let later = params(PEER, 6, 3, "X1", "192.0.2.6", "10.0.0.6");
-    assert_eq!(site.replayer.apply(later).await, Ok(Outcome::Parked));
-    assert_eq!(site.ip("X1").await, (200, String::new()));
+    assert_eq!(site.replayer.apply(later).await, Ok(Outcome::Applied));
+    assert_eq!(site.ip("X1").await, (200, "10.0.0.6".to_owned()));
 
     let report = site.replayer.retry_parked().await.unwrap();
     assert_eq!(
         report,
         RetryReport {
-            applied: 2,
+            duplicates: 1,
             ..RetryReport::default()
         }
     );
     assert_eq!(site.peer_ip(&y).await.as_deref(), Some("192.0.2.6"));
     assert_eq!(site.ip("X1").await, (200, "10.0.0.6".to_owned()));
-    // Later changes of the instance go straight through.
     let next = params(PEER, 7, 4, "X1", "192.0.2.7", "10.0.0.7");
     assert_eq!(site.replayer.apply(next).await, Ok(Outcome::Applied));
-    assert_eq!(site.store.applied_seq(PEER, "X1").unwrap(), 4);
+    assert_eq!(site.held_seq("X1", "ipaddress"), Some(7));
 }
 
 #[tokio::test]
@@ -113,7 +114,8 @@ async fn parked_past_ttl_is_dead_lettered() {
     let reg = registration(PEER, 1, 1, &provider("X1"));
     assert_eq!(site.replayer.apply(reg).await, Ok(Outcome::Applied));
     assert_eq!(site.ip("X1").await, (200, String::new()));
-    assert_eq!(site.store.applied_seq(PEER, "X1").unwrap(), 1);
+    assert_eq!(site.registered_seq("X1"), Some(1));
+    assert_eq!(site.held_seq("X1", "ipaddress"), None);
 }
 
 #[tokio::test]

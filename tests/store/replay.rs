@@ -1,13 +1,16 @@
-//! Replay-state tests: high-water marks, origin state, parking and inbound dead letters,
+//! Replay-state tests: the merge's instance states and tombstones, incarnations, origin state, parking and inbound dead letters,
 //! and that all of it survives a restart.
 
 use audrey_federation::change::{Change, Event};
+use audrey_federation::store::{InstanceState, Merge, Registered, Slot};
 
 use super::open;
 
 fn remote(origin: &str, origin_seq: u64, instance: &str, instance_seq: u64) -> Change {
     Change {
         origin_site: origin.to_owned(),
+        incarnation: "a1a1a1a1a1a1a1a1".into(),
+        version_ms: 0,
         origin_seq,
         instance_seq,
         api_version: 2,
@@ -24,57 +27,90 @@ fn remote(origin: &str, origin_seq: u64, instance: &str, instance_seq: u64) -> C
 }
 
 #[tokio::test]
-async fn record_applied_raises_marks_and_survives_restart() {
+async fn merge_keeps_states_tombstones_and_origin_state_across_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
-    assert_eq!(store.applied_seq("site-b", "X1").unwrap(), 0);
+    assert_eq!(store.instance_state("X1").unwrap(), None);
 
     let c3 = remote("site-b", 30, "X1", 3);
-    store.record_applied(&c3).await.unwrap();
-    // An older change applied late never lowers the mark.
+    let mut state = InstanceState::default();
+    state.params.insert(
+        "ip".into(),
+        Slot {
+            version: c3.version(),
+            piece: "ip&MTAuMC4wLjU=".into(),
+        },
+    );
+    state.registration = Some(Registered {
+        version: remote("site-b", 10, "X1", 1).version(),
+        deployment: "D9".into(),
+        api_version: 2,
+        instance_config: "<instance-config/>".into(),
+        secret: "s".into(),
+    });
     store
-        .record_applied(&remote("site-b", 20, "X1", 2))
+        .merge(Merge {
+            states: vec![("X1".into(), Some(state.clone()))],
+            tombstone: None,
+            applied: Some(c3.clone()),
+        })
         .await
         .unwrap();
-    assert_eq!(store.applied_seq("site-b", "X1").unwrap(), 3);
-    assert_eq!(
-        store.applied_seq("site-c", "X1").unwrap(),
-        0,
-        "marks are per origin"
-    );
-    assert!(store.is_applied(&remote("site-b", 20, "X1", 2)).unwrap());
-    assert!(store.is_applied(&c3).unwrap());
-    assert!(!store.is_applied(&remote("site-b", 40, "X1", 4)).unwrap());
+    assert_eq!(store.instance_state("X1").unwrap().as_ref(), Some(&state));
     // Applying a remote change teaches its deployment.
     assert_eq!(store.deployment_of("X1").unwrap().as_deref(), Some("D9"));
+    assert_eq!(store.instances_in("D9").unwrap().len(), 1);
+    assert!(store.instances_in("D8").unwrap().is_empty());
 
     let mut del = remote("site-b", 50, "X1", 0);
     del.instance = None;
     del.event = Event::Deletion;
-    assert!(!store.is_applied(&del).unwrap());
-    store.record_applied(&del).await.unwrap();
-    assert!(store.is_applied(&del).unwrap());
-    assert_eq!(store.applied_deletion_seq("site-b", "D9").unwrap(), 50);
+    store
+        .merge(Merge {
+            states: vec![("X1".into(), None)],
+            tombstone: Some(("D9".into(), del.version())),
+            applied: Some(del.clone()),
+        })
+        .await
+        .unwrap();
+    assert_eq!(store.instance_state("X1").unwrap(), None);
+    assert_eq!(store.tombstone("D9").unwrap(), Some(del.version()));
 
-    let state = store.origin_state("site-b").unwrap().unwrap();
+    let origin = store.origin_state("site-b").unwrap().unwrap();
     assert_eq!(
         (
-            state.max_origin_seq,
-            state.last_captured_at_ms,
-            state.applied
+            origin.max_origin_seq,
+            origin.last_captured_at_ms,
+            origin.applied,
+            origin.incarnation.as_str(),
         ),
-        (50, 1_050, 3)
+        (50, 1_050, 2, "a1a1a1a1a1a1a1a1")
     );
-    assert!(state.last_applied_at_ms > 0);
+    assert_eq!(origin.newest, del.version());
+    assert!(origin.last_applied_at_ms > 0);
     store.close().await.unwrap();
 
     let store = open(dir.path());
-    assert_eq!(store.applied_seq("site-b", "X1").unwrap(), 3);
-    assert_eq!(store.applied_deletion_seq("site-b", "D9").unwrap(), 50);
+    assert_eq!(store.tombstone("D9").unwrap(), Some(del.version()));
     let origins = store.origins().unwrap();
     assert_eq!(origins.len(), 1);
     assert_eq!(origins[0].0, "site-b");
     assert_eq!(store.origin_state("site-z").unwrap(), None);
+}
+
+#[tokio::test]
+async fn a_store_keeps_its_incarnation_and_a_new_store_gets_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let first = store.incarnation().to_owned();
+    assert_eq!(first.len(), 16);
+    store.close().await.unwrap();
+    let store = open(dir.path());
+    assert_eq!(store.incarnation(), first, "kept across a restart");
+    store.close().await.unwrap();
+    let other = tempfile::tempdir().unwrap();
+    let store = open(other.path());
+    assert_ne!(store.incarnation(), first, "a new store is a new incarnation");
 }
 
 #[tokio::test]
