@@ -445,7 +445,7 @@ fn refusals_have_labels_and_messages() {
                 raw_body(m.clone(), m.body[..half].to_vec())
             },
             "bad_body",
-            "not an audrey_format 1 JSON document",
+            "not an audrey_format 1 or 2 JSON document",
         ),
         (
             "not utf-8",
