@@ -515,7 +515,7 @@ fn refusals_have_labels_and_messages() {
             "empty origin",
             {
                 let m = WireMessage {
-                    message_id: ":42".into(),
+                    message_id: ":a1a1a1a1a1a1a1a1:42".into(),
                     ..with_prop(good(), "origin_site", Some(WireValue::Str(String::new())))
                 };
                 with_body(m, |v| v["origin_site"] = json!(""))
