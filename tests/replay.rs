@@ -367,9 +367,16 @@ async fn deletion_applied_and_repeat_harmless() {
         &ReplayConfig::default(),
     );
     assert_eq!(fresh.apply(d).await, Ok(Outcome::Duplicate));
-    // The same deployment deleted at a third site too: the server answers 404, still applied.
-    let other = deletion("site-c", 3, DEPLOYMENT);
-    assert_eq!(site.replayer.apply(other).await, Ok(Outcome::Applied));
+    // The same deployment deleted at a third site too: older than the tombstone, superseded;
+    // newer, applied (the server answers 404: gone already).
+    let older = deletion("site-c", 3, DEPLOYMENT);
+    assert_eq!(site.replayer.apply(older).await, Ok(Outcome::Duplicate));
+    let newer = deletion("site-c", 30, DEPLOYMENT);
+    assert_eq!(site.replayer.apply(newer).await, Ok(Outcome::Applied));
+    assert_eq!(
+        site.store.tombstone(DEPLOYMENT).unwrap().map(|v| v.seq),
+        Some(30)
+    );
     assert_eq!(site.store.inbound_dead_letter_count(), 0);
 }
 

@@ -89,7 +89,16 @@ async fn append_assigns_sequences_and_fills_deployment() {
         "learnt from the registration"
     );
     assert_eq!(p0.origin_site, "site-a");
-    assert_eq!(p1.message_id(), "site-a:3");
+    assert_eq!(
+        p1.message_id(),
+        format!("site-a:{}:3", store.incarnation()),
+        "the message id names the store's incarnation"
+    );
+    assert!(r1.version() < p1.version() && p1.version() < del.version());
+    // The clock steps back: the version's time does not.
+    let back = store.append(params("I1", 5)).await.unwrap();
+    assert_eq!((back.captured_at_ms, back.version_ms), (5, 14));
+    assert!(back.version() > del.version(), "versions follow the outbox");
     assert_eq!(store.deployment_of("I1").unwrap().as_deref(), Some("D1"));
     // A deletion forgets nothing: the mapping stays for late params changes.
     let late = store.append(params("I1", 15)).await.unwrap();
