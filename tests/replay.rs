@@ -10,6 +10,8 @@ mod support;
 
 #[path = "replay/faults.rs"]
 mod faults;
+#[path = "replay/merge.rs"]
+mod merge;
 #[path = "replay/parking.rs"]
 mod parking;
 

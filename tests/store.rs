@@ -105,7 +105,10 @@ async fn append_assigns_sequences_and_fills_deployment() {
     // The clock steps back: the version's time does not.
     let back = store.append(params("I1", 5)).await.unwrap();
     assert_eq!((back.captured_at_ms, back.version_ms), (5, 15));
-    assert!(back.version() > late.version(), "versions follow the outbox");
+    assert!(
+        back.version() > late.version(),
+        "versions follow the outbox"
+    );
 }
 
 #[tokio::test]

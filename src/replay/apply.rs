@@ -102,10 +102,7 @@ impl Replayer {
         let Some(deployment) = deployment else {
             return Ok(None);
         };
-        Ok(self
-            .store
-            .tombstone(deployment)?
-            .filter(|t| t > version))
+        Ok(self.store.tombstone(deployment)?.filter(|t| t > version))
     }
 
     /// A registration: applied when newer than the one held here (and than its deployment's
@@ -268,7 +265,12 @@ impl Replayer {
         }
         if !from_parked {
             let id = change.message_id();
-            if self.store.parked_for(uuid)?.iter().any(|p| p.change.message_id() == id) {
+            if self
+                .store
+                .parked_for(uuid)?
+                .iter()
+                .any(|p| p.change.message_id() == id)
+            {
                 // A redelivery of a change parked already: it stays where it is.
                 return Ok(Outcome::Parked);
             }
@@ -445,7 +447,11 @@ impl Replayer {
     /// already) both mean applied. The instances registered here before it are forgotten
     /// (their older changes are superseded by the tombstone); one registered after it (its
     /// registration arrived first) is registered again, with its values.
-    pub(super) async fn deletion(&self, change: &Change, deployment: &str) -> Result<Outcome, ReplayError> {
+    pub(super) async fn deletion(
+        &self,
+        change: &Change,
+        deployment: &str,
+    ) -> Result<Outcome, ReplayError> {
         let version = change.version();
         if let Some(t) = self.store.tombstone(deployment)?.filter(|t| *t >= version) {
             return self.superseded(change, &t, false).await;

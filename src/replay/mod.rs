@@ -223,7 +223,9 @@ impl Replayer {
             "the local server kept refusing it: {e} ({attempts} attempts over {:?})",
             since.elapsed()
         );
-        let parked = self.store.parked_for(change.instance.as_deref().unwrap_or(""))?;
+        let parked = self
+            .store
+            .parked_for(change.instance.as_deref().unwrap_or(""))?;
         let from_parked = parked.iter().any(|p| p.change.message_id() == id);
         self.dead_letter(change, &reason, from_parked).await
     }

@@ -72,8 +72,10 @@ impl Replayer {
             self.store.unpark(&change.message_id()).await?;
             report.add(outcome);
         }
-        let instances: BTreeSet<String> =
-            parked.into_iter().filter_map(|e| e.change.instance).collect();
+        let instances: BTreeSet<String> = parked
+            .into_iter()
+            .filter_map(|e| e.change.instance)
+            .collect();
         for uuid in instances {
             let _lane = self.lane(&uuid).lock().await;
             self.drain(&uuid, report).await?;
@@ -89,7 +91,10 @@ impl Replayer {
                 () = shutdown.cancelled() => return,
                 () = tokio::time::sleep(period) => {}
             }
-            if self.repairs.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            if self
+                .repairs
+                .swap(false, std::sync::atomic::Ordering::Relaxed)
+            {
                 if let Err(e) = self.repair_all().await {
                     self.repairs_pending();
                     tracing::warn!(

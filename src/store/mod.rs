@@ -26,10 +26,11 @@ use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable};
 use tokio::sync::{mpsc, oneshot};
 
 pub use dead::Requeue;
-pub use replay::Merge;
 pub use error::StoreError;
+pub use replay::Merge;
 pub use tables::{
-    InboundDeadLetter, InstanceState, OriginState, OutboundDeadLetter, ParkedEntry, Registered, Slot,
+    InboundDeadLetter, InstanceState, OriginState, OutboundDeadLetter, ParkedEntry, Registered,
+    Slot,
 };
 use writer::{Op, Request, Value};
 
@@ -105,8 +106,7 @@ impl Store {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::open(dir, e))?;
         let path = dir.join(FILE_NAME);
         let db = writer::open_db(&path)?;
-        let (snapshot, incarnation) =
-            create_tables(&db).map_err(|e| StoreError::open(&path, e))?;
+        let (snapshot, incarnation) = create_tables(&db).map_err(|e| StoreError::open(&path, e))?;
         let shared = Arc::new(Shared {
             path,
             dir: dir.to_owned(),

@@ -206,7 +206,10 @@ impl Store {
 
     /// Every federated instance whose registration here is in `deployment`, with its state.
     /// A scan: deletions are rare.
-    pub fn instances_in(&self, deployment: &str) -> Result<Vec<(String, InstanceState)>, StoreError> {
+    pub fn instances_in(
+        &self,
+        deployment: &str,
+    ) -> Result<Vec<(String, InstanceState)>, StoreError> {
         self.read(|txn| {
             let table = txn.open_table(tables::INSTANCE_STATE).rd()?;
             let mut out = Vec::new();

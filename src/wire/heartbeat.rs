@@ -76,10 +76,7 @@ pub fn encode_heartbeat_as(hb: &Heartbeat, subject: &str, ttl_ms: u64, format: u
         durable: false,
         ttl_ms: Some(ttl_ms),
         properties: vec![
-            (
-                prop::AUDREY_FORMAT.to_owned(),
-                WireValue::U8(format),
-            ),
+            (prop::AUDREY_FORMAT.to_owned(), WireValue::U8(format)),
             (
                 prop::EVENT_KIND.to_owned(),
                 WireValue::Str(HEARTBEAT_KIND.to_owned()),

@@ -128,7 +128,9 @@ pub enum WireError {
     TooLarge(usize),
     #[error("content type is {0:?}, expected \"application/json\"")]
     ContentType(String),
-    #[error("unknown event_kind {0:?} (audrey_format 1 and 2 know params, registration, deletion)")]
+    #[error(
+        "unknown event_kind {0:?} (audrey_format 1 and 2 know params, registration, deletion)"
+    )]
     UnknownKind(String),
     #[error("body is not an audrey_format 1 or 2 JSON document: {0}")]
     Body(String),

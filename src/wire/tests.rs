@@ -148,7 +148,10 @@ fn format_1_is_written_for_a_rolling_upgrade_and_still_read() {
 #[test]
 fn format_2_needs_an_incarnation() {
     let msg = with_prop(good(), "incarnation", None);
-    assert_eq!(decode(&msg).expect_err("missing").as_str(), "missing_property");
+    assert_eq!(
+        decode(&msg).expect_err("missing").as_str(),
+        "missing_property"
+    );
     let msg = with_body(
         with_prop(good(), "incarnation", Some(WireValue::Str(String::new()))),
         |v| drop(v.as_object_mut().map(|o| o.remove("incarnation"))),

@@ -26,7 +26,9 @@ async fn params_before_registration_park_then_apply_in_order() {
     let parked = site.store.parked_for("X1").unwrap();
     let seqs: Vec<u64> = parked.iter().map(|p| p.change.instance_seq).collect();
     assert_eq!(seqs, [2, 3]);
-    assert!(parked[1].reason.contains("instance not registered here (404)"));
+    assert!(parked[1]
+        .reason
+        .contains("instance not registered here (404)"));
 
     // A timer pass while the instance is still unknown changes nothing.
     let report = site.replayer.retry_parked().await.unwrap();

@@ -110,7 +110,11 @@ async fn a_store_keeps_its_incarnation_and_a_new_store_gets_another() {
     store.close().await.unwrap();
     let other = tempfile::tempdir().unwrap();
     let store = open(other.path());
-    assert_ne!(store.incarnation(), first, "a new store is a new incarnation");
+    assert_ne!(
+        store.incarnation(),
+        first,
+        "a new store is a new incarnation"
+    );
 }
 
 #[tokio::test]
