@@ -358,7 +358,10 @@ fn postinst_and_rpm_script_agree() {
         .map(|l| l.strip_prefix("    ").unwrap_or(l))
         .collect();
     assert!(!rpm.is_empty());
-    assert_eq!(deb, rpm, "packaging/debian/postinst and packaging/create-user.sh differ");
+    assert_eq!(
+        deb, rpm,
+        "packaging/debian/postinst and packaging/create-user.sh differ"
+    );
     // And it acts alike: the rpm's script in a throwaway root.
     let tmp = tempfile::tempdir().unwrap();
     copy_accounts(tmp.path());
@@ -380,7 +383,11 @@ fn rpm_ships_what_the_deb_ships() {
         toml::from_str(&std::fs::read_to_string(root().join("Cargo.toml")).unwrap()).unwrap();
     let dist = &manifest["profile"]["dist"];
     assert_eq!(dist["inherits"].as_str(), Some("release"));
-    assert_eq!(dist["strip"].as_str(), Some("debuginfo"), "the .rpm's binary is stripped");
+    assert_eq!(
+        dist["strip"].as_str(),
+        Some("debuginfo"),
+        "the .rpm's binary is stripped"
+    );
     let tmp = tempfile::tempdir().unwrap();
     // generate-rpm --profile dist reads target/dist/…; give it the test build's binary there,
     // stripped of its debug info as the dist profile does.
@@ -429,7 +436,11 @@ fn rpm_ships_what_the_deb_ships() {
         .collect();
     deb.sort_unstable();
     assert_eq!(rpm_files, deb, "the .rpm and the .deb ship different files");
-    for path in [format!("/{UNIT}"), format!("/{MAN}"), format!("/{TAKEOVER}")] {
+    for path in [
+        format!("/{UNIT}"),
+        format!("/{MAN}"),
+        format!("/{TAKEOVER}"),
+    ] {
         assert!(rpm_files.contains(&path.as_str()), "{path} missing");
     }
     let scripts = run(Command::new("rpm").arg("-qp").arg("--scripts").arg(&rpm));
