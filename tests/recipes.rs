@@ -1,8 +1,8 @@
 //! Every recipe an operator copies is a file under `docs/recipes/`, and the documents show it
 //! byte for byte: a fenced block right after a `<!-- recipe: docs/recipes/… -->` line must be
 //! the file (`documents_show_the_recipes_as_they_are`). The RabbitMQ recipes (one
-//! `rabbitmq.conf` and `enabled_plugins` for every broker, the definitions of a pair and of a
-//! hub with two spokes) and the sidecar's configuration are then loaded here as they are,
+//! `rabbitmq.conf` and `enabled_plugins` for every broker, the definitions of one shared
+//! broker, of a pair and of a hub with two spokes) and the sidecar's configuration are then loaded here as they are,
 //! with real RabbitMQ nodes and real sidecars, the sidecars on their DEFAULT settings: the
 //! sites converge, and a sidecar whose broker restarts is linked again within the bound its
 //! default `reconnect_max` guarantees.
@@ -42,6 +42,8 @@ const HUB: [&str; 3] = [
     "docs/recipes/rabbitmq/hub/broker-b.json",
     "docs/recipes/rabbitmq/hub/broker-c.json",
 ];
+/// One broker all sites share.
+const SHARED: &str = "docs/recipes/rabbitmq/shared/broker.json";
 /// The default `amqp.reconnect_max` the sidecar recipe leaves in place, and the margin for the
 /// connect itself (TLS, open, session, attach: well under a second here; each step is bounded
 /// by 10 s in `src/amqp/link.rs`).
@@ -354,7 +356,9 @@ fn boot(nodes: &[Node], certs: &CertPaths) -> (Vec<Broker>, Vec<Ports>) {
                         );
                         let mut subs = broker_addresses(nodes, ports);
                         subs.retain(|(from, _)| defs.contains(from.as_str()));
-                        subs.push(sub("/etc/rabbitmq/", etc_dir));
+                        if defs.contains("/etc/rabbitmq/") {
+                            subs.push(sub("/etc/rabbitmq/", etc_dir));
+                        }
                         vec![
                             ("rabbitmq.conf".into(), conf),
                             ("enabled_plugins".into(), plugins.clone()),
@@ -585,4 +589,47 @@ async fn hub_recipe_converges() {
         (sites, brokers, vec![0, 0, 0])
     })
     .await;
+}
+
+/// One shared broker from the recipe (its `rabbitmq.conf`, `enabled_plugins` and
+/// definitions), the sidecar recipe at sites a and b both pointed at it: they converge.
+#[tokio::test(flavor = "multi_thread")]
+async fn shared_broker_recipe_converges() {
+    let _turn = TURN.lock().await;
+    let node = Node {
+        broker: "broker-b",
+        site: "site-b",
+        definitions: SHARED,
+    };
+    let certs = certs::generate(&["site-a", "site-b", "broker-b"]);
+    let (_brokers, ports) = boot(std::slice::from_ref(&node), &certs);
+    let dir = tempfile::tempdir().unwrap();
+    let site_a = Node {
+        site: "site-a",
+        ..node
+    };
+    let mut sites = vec![
+        start_site(&site_a, &ports[0], &certs, &dir.path().join("site-a")),
+        start_site(&node, &ports[0], &certs, &dir.path().join("site-b")),
+    ];
+    all_hear_each_other(&sites).await;
+    let (i1, i2) = (scenario::i1(), scenario::i2());
+    sites[0].register(&i1).await;
+    sites[1].register(&i2).await;
+    sites[0].report(&i1, "10.0.0.5").await;
+    sites[1].report(&i2, "10.1.0.7").await;
+    sites[1].sees(&i2, "10.0.0.5").await;
+    sites[0].sees(&i1, "10.1.0.7").await;
+    let mut captured = scenario::stream(&sites, 4, 2).await;
+    captured[0] += 2;
+    captured[1] += 2;
+    for site in &sites {
+        assert_eq!(
+            site.metric("audrey_federation_duplicate_total", &[]).await,
+            0.0,
+            "{}",
+            site.name
+        );
+    }
+    scenario::applied_exactly_once(&mut sites, &captured).await;
 }
