@@ -121,6 +121,11 @@ mkdir -p "$T/upper" "$T/ovwork" "$T/root"
 mount -t overlay overlay -o "lowerdir=/,upperdir=$T/upper,workdir=$T/ovwork" "$T/root"
 mount -t proc proc "$T/root/proc"
 mount --rbind /dev "$T/root/dev"
+# The working folder and the steps, wherever /tmp is mounted (the overlay shows only /'s own file system).
+for d in "$W" "$T/steps"; do
+    mkdir -p "$T/root$d"
+    mount --bind "$d" "$T/root$d"
+done
 mkdir -p "$T/root/usr/local/sbin"
 cat > "$T/root/usr/local/sbin/systemctl" <<'EOF'
 #!/bin/sh
