@@ -31,6 +31,8 @@ static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const RABBITMQ_CONF: &str = "docs/recipes/rabbitmq/rabbitmq.conf";
 const ENABLED_PLUGINS: &str = "docs/recipes/rabbitmq/enabled_plugins";
 const SIDECAR_TOML: &str = "docs/recipes/sidecar/site-b.toml";
+/// docs/security.md's optional `[proxy.restrict]`.
+const RESTRICT_TOML: &str = "docs/recipes/sidecar/restrict.toml";
 /// A pair: each broker's definitions.
 const PAIR: [&str; 2] = [
     "docs/recipes/rabbitmq/pair/broker-a.json",
@@ -273,6 +275,19 @@ fn a_changed_line_in_a_document_is_caught() {
     let indented = "1. Step:\n\n   <!-- recipe: r -->\n   ```sh\n   a b\n\n     c\n   ```\n";
     let s = shown_recipes("d.md", indented).unwrap();
     assert_eq!(s[0].text, "a b\n\n  c\n");
+}
+
+/// The sidecar recipe, with docs/security.md's `[proxy.restrict]` added as the page says, is a
+/// configuration the binary accepts (`check` is not run on it: it would look up the
+/// recipe's broker name, which is no loopback address).
+#[test]
+fn sidecar_recipes_are_valid_configurations() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, read(SIDECAR_TOML) + "\n" + &read(RESTRICT_TOML)).unwrap();
+    let cfg = audrey_federation::config::Config::load(&path).expect("the recipes parse");
+    cfg.validate().expect("the recipes validate");
+    assert_eq!(cfg.site, "site-b");
 }
 
 /// A broker of a recipe topology: its name (`broker-a`…), site and definitions file.
