@@ -230,11 +230,14 @@ pub fn api_version(body: &[u8]) -> Option<String> {
 /// Writable without taking a running sidecar's lock.
 async fn state_dir(dir: &Path, site: &str) -> Line {
     let what = format!("state dir {}", dir.display());
+    if !dir.exists() {
+        return missing_state_dir(dir, what);
+    }
     if !dir.is_dir() {
         return line(
             false,
             what,
-            "does not exist or is not a directory (create it, owned by the sidecar's user)",
+            "is not a directory (the sidecar keeps its store in a directory there)",
         );
     }
     if !dir.join(FILE_NAME).exists() {
@@ -261,6 +264,57 @@ async fn state_dir(dir: &Path, site: &str) -> Line {
             Err(e) => line(false, what, format!("{FILE_NAME} is in use by a running sidecar, and the directory is not writable: {e}")),
         },
         Err(e) => line(false, what, e.to_string()),
+    }
+}
+
+/// A state directory that is not there yet: `run` creates it (and its missing parents) at
+/// start, so it is OK when the nearest existing ancestor lets this user create a directory,
+/// tried with a scratch directory made and removed there; otherwise the reason `run` would fail.
+fn missing_state_dir(dir: &Path, what: String) -> Line {
+    let Some(ancestor) = dir.ancestors().skip(1).find(|a| a.exists()) else {
+        return line(
+            false,
+            what,
+            "does not exist, and neither does any parent of it",
+        );
+    };
+    let shown = if ancestor.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        ancestor
+    };
+    if !shown.is_dir() {
+        return line(
+            false,
+            what,
+            format!(
+                "does not exist, and the sidecar cannot create it: {} is not a directory",
+                shown.display()
+            ),
+        );
+    }
+    let scratch = shown.join(format!(".check-{}", std::process::id()));
+    match std::fs::create_dir(&scratch) {
+        Ok(()) => {
+            let _ = std::fs::remove_dir(&scratch);
+            line(
+                true,
+                what,
+                format!(
+                    "does not exist yet: the sidecar creates it at start ({} is writable)",
+                    shown.display()
+                ),
+            )
+        }
+        Err(e) => line(
+            false,
+            what,
+            format!(
+                "does not exist, and the sidecar cannot create it: {} is not writable ({e}); \
+                 create it, owned by the sidecar's user",
+                shown.display()
+            ),
+        ),
     }
 }
 

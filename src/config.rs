@@ -176,8 +176,13 @@ pub struct AmqpConfig {
     /// `queue` (one durable source) or `per_deployment` (durable subscriptions by link name).
     #[serde(default)]
     pub subscribe_mode: SubscribeMode,
+    /// First reconnect delay's ceiling (0.2 s by default); each failure doubles it.
     #[serde(default = "default_backoff_initial", with = "humantime_secs")]
     pub reconnect_initial: Duration,
+    /// The cap of the reconnect delay (5 s by default), which bounds how long a link stays
+    /// down after its broker is back: the next attempt starts within `reconnect_max` (full
+    /// jitter draws each delay from `[0, ceiling]`), plus the connect itself. Measured in
+    /// `tests/recipes.rs` (docs/topologies.md, "Broker restart").
     #[serde(default = "default_backoff_max", with = "humantime_secs")]
     pub reconnect_max: Duration,
     /// Seconds between two heartbeats of the publisher (liveness for the other sites' lag).
@@ -217,7 +222,7 @@ fn default_backoff_initial() -> Duration {
     Duration::from_millis(200)
 }
 fn default_backoff_max() -> Duration {
-    Duration::from_secs(30)
+    Duration::from_secs(5)
 }
 fn default_heartbeat_interval() -> Duration {
     Duration::from_secs(10)

@@ -312,3 +312,60 @@ fn certificate_near_expiry_is_ok_with_a_warning() {
         "{out}"
     );
 }
+
+/// A state directory that is not there yet is what `run` creates (`Store::open` makes it and
+/// its parents): OK, saying so. One `run` could not create (its parent is a file) is a FAIL
+/// naming why.
+#[test]
+fn missing_state_dir_is_reported_as_run_would_act() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "site-a", "http://127.0.0.1:1", None);
+    let state = dir.path().join("state");
+    std::fs::remove_dir(&state).unwrap();
+    let nested = dir.path().join("var/lib/audrey-federation");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        &format!("dir = \"{}\"", state.display()),
+        &format!("dir = \"{}\"", nested.display()),
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let (_, out) = check(&cfg);
+    let ok = line(&out, "OK", "state dir");
+    assert!(
+        ok.contains("does not exist yet: the sidecar creates it at start")
+            && ok.contains(&format!("({} is writable)", dir.path().display())),
+        "{out}"
+    );
+    assert!(!dir.path().join("var").exists(), "check created something");
+    // `run` on the same file creates it, as `check` said.
+    let site_dir = dir.path().join("sidecar");
+    std::fs::create_dir_all(&site_dir).unwrap();
+    let mut sidecar = support::sidecar::Sidecar::start_with(&site_dir, cfg.clone());
+    // It prints its listening line before opening the store: wait (bounded) for the store.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !nested.join(audrey_federation::store::FILE_NAME).exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "run did not create {}",
+            nested.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    sidecar.terminate();
+
+    // Under a regular file, nobody can create it.
+    let blocker = dir.path().join("blocker");
+    std::fs::write(&blocker, "").unwrap();
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        &format!("dir = \"{}\"", nested.display()),
+        &format!("dir = \"{}\"", blocker.join("state").display()),
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let (code, out) = check(&cfg);
+    assert_eq!(code, 1, "{out}");
+    let fail = line(&out, "FAIL", "state dir");
+    assert!(
+        fail.contains("does not exist, and the sidecar cannot create it")
+            && fail.contains(&format!("{} is not a directory", blocker.display())),
+        "{out}"
+    );
+}

@@ -108,19 +108,36 @@ async fn guest_session(client: &Client, tag: &str) {
     );
 }
 
+/// The vhost of docs/install.md (`docs/recipes/apache/configserver.conf`) as it is, but for
+/// its addresses: the test's listener, thin's address and the certificate's paths.
 fn vhost(thin: SocketAddr, cert: &Path, key: &Path) -> String {
-    format!(
-        "<VirtualHost 127.0.0.1:*>\n\
-         \x20   SSLEngine on\n\
-         \x20   SSLCertificateFile {}\n\
-         \x20   SSLCertificateKeyFile {}\n\
-         \x20   RequestHeader set X-Forwarded-Proto \"https\"\n\
-         \x20   ProxyPass        / http://{thin}/\n\
-         \x20   ProxyPassReverse / http://{thin}/\n\
-         </VirtualHost>\n",
-        cert.display(),
-        key.display()
+    let recipe = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/recipes/apache/configserver.conf"),
     )
+    .unwrap();
+    let mut text = recipe.clone();
+    for (from, to) in [
+        (
+            "<VirtualHost *:443>",
+            "<VirtualHost 127.0.0.1:*>".to_owned(),
+        ),
+        (
+            "/etc/ssl/configserver/server.pem",
+            cert.display().to_string(),
+        ),
+        (
+            "/etc/ssl/configserver/server.key",
+            key.display().to_string(),
+        ),
+        ("127.0.0.1:4567", thin.to_string()),
+    ] {
+        assert!(
+            text.contains(from),
+            "{from} not in the vhost recipe:\n{recipe}"
+        );
+        text = text.replace(from, &to);
+    }
+    text
 }
 
 #[tokio::test]
@@ -246,6 +263,19 @@ async fn behind_apache_then_in_place_of_it_and_back() {
         "--no-switch",
     ]);
     let unit = std::fs::read_to_string(dropin.join("takeover.conf")).unwrap();
+    // The drop-in docs/install.md shows (`docs/recipes/systemd/takeover.conf`), for the test's paths.
+    let shown = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/recipes/systemd/takeover.conf"),
+    )
+    .unwrap();
+    assert_eq!(
+        unit,
+        shown
+            .replace("0.0.0.0:443", &listen)
+            .replace("/etc/audrey-federation/tls/server.pem", &cert)
+            .replace("/etc/audrey-federation/tls/server.key", &key),
+        "the drop-in differs from the one docs/install.md shows"
+    );
     let env: Vec<(String, String)> = unit
         .lines()
         .filter_map(|l| l.strip_prefix("Environment="))

@@ -28,7 +28,9 @@ pub(crate) async fn step<T, E: Display>(
     }
 }
 
-/// Pacing between one connection's life and the next: the caller loops
+/// Pacing between one connection's life and the next. Each delay is at most
+/// `amqp.reconnect_max`, so a link whose broker is back is attempted again within that cap (5 s
+/// by default; measured in `tests/recipes.rs`). The caller loops
 /// `while !shutdown { let r = connected().await; if !reconnect.after(r, up_since, &shutdown).await { break } }`.
 pub(crate) struct Reconnect {
     /// Metric label: [`metrics::LINK_PUBLISH`] or [`metrics::LINK_SUBSCRIBE`].

@@ -55,6 +55,8 @@ pub struct Broker {
     epmd: Option<Child>,
     /// Extra folders the reaper removes if the test binary exits without dropping the broker.
     adopted: Vec<PathBuf>,
+    /// Whether the node has a plain AMQP listener (a recipe's node may serve AMQPS only).
+    plain: bool,
 }
 
 impl Broker {
@@ -81,6 +83,49 @@ impl Broker {
             SEQ.fetch_add(1, Ordering::Relaxed)
         );
         write_layout_with(root.path(), &ports, &opts, extras);
+        Broker::boot(root, ports, node_name, true)
+    }
+
+    /// A node laid out by the caller from an operator's recipe (`docs/recipes/rabbitmq/`):
+    /// `layout` gets the node's `etc/` folder and returns the files to write there
+    /// (`rabbitmq.conf`, `enabled_plugins`, `definitions.json`, …) as they are; it may copy
+    /// certificates there too. Only the node's environment (folders, ports, node name) is the
+    /// harness's. With `plain: false` only the AMQPS port is awaited (`listeners.tcp = none`).
+    pub fn start_recipe(
+        ports: Ports,
+        plain: bool,
+        layout: impl FnOnce(&Path) -> Vec<(String, String)>,
+    ) -> Broker {
+        assert!(
+            Path::new(SERVER_BIN).exists(),
+            "{SERVER_BIN} not found: install RabbitMQ 3.10 (apt-get install -y rabbitmq-server)"
+        );
+        let root = tempfile::Builder::new()
+            .prefix("audrey-broker-")
+            .tempdir()
+            .expect("broker temp dir");
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        let node_name = format!(
+            "audrey-recipe-{}-{}@localhost",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        let etc = root.path().join("etc");
+        for d in ["etc", "home", "data", "log"] {
+            fs::create_dir_all(root.path().join(d)).expect("broker folder");
+        }
+        for (name, text) in layout(&etc) {
+            fs::write(etc.join(&name), text).unwrap_or_else(|e| panic!("write {name}: {e}"));
+        }
+        for (name, text) in [("rabbitmq-env.conf", ""), ("advanced.config", "[].\n")] {
+            if !etc.join(name).exists() {
+                fs::write(etc.join(name), text).expect("broker env file");
+            }
+        }
+        Broker::boot(root, ports, node_name, plain)
+    }
+
+    fn boot(root: tempfile::TempDir, ports: Ports, node_name: String, plain: bool) -> Broker {
         let mut broker = Broker {
             root,
             ports,
@@ -89,6 +134,7 @@ impl Broker {
             reaper: None,
             epmd: None,
             adopted: Vec::new(),
+            plain,
         };
         broker.spawn_epmd();
         broker.start_again();
@@ -303,7 +349,8 @@ impl Broker {
 
     fn wait_ready(&mut self) {
         let deadline = Instant::now() + READY_DEADLINE;
-        for port in [self.ports.amqp, self.ports.amqps] {
+        let ports = [self.ports.amqp, self.ports.amqps];
+        for &port in &ports[usize::from(!self.plain)..] {
             loop {
                 if TcpStream::connect_timeout(
                     &([127, 0, 0, 1], port).into(),
