@@ -11,7 +11,7 @@ if ! grep -q "^$name:" "$root/etc/passwd" 2>/dev/null; then
         --shell /usr/sbin/nologin --comment "Audrey federation sidecar" $name
 fi
 ids=$(awk -F: -v n="$name" '$1 == n { print $3 ":" $4 }' "$root/etc/passwd")
-install -d -m 0750 "$root/var/lib/$name"
+install -d -m 0700 "$root/var/lib/$name"
 chown "$ids" "$root/var/lib/$name"
 if [ -f "$root/etc/$name/config.toml" ]; then
     chgrp "${ids#*:}" "$root/etc/$name/config.toml"
