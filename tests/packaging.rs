@@ -222,7 +222,11 @@ fn deb_ships_binary_config_unit_and_creates_the_user() {
     use std::os::unix::fs::MetadataExt as _;
     let state = std::fs::metadata(sysroot.join("var/lib/audrey-federation")).unwrap();
     assert_eq!(state.uid(), uid);
-    assert_eq!(state.mode() & 0o777, 0o750);
+    assert_eq!(
+        state.mode() & 0o777,
+        0o700,
+        "state directory private (docs/security.md)"
+    );
     // Running it again changes nothing (upgrade).
     run(Command::new("sh")
         .arg(control.join("postinst"))
