@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
+use support::apache::Apache;
+use support::broker_layout::free_port;
 use support::certs;
 use support::sidecar::{config, Sidecar};
 use support::upstream;
@@ -146,6 +148,43 @@ async fn restrict_believes_forwarded_for_only_from_its_trusted_hops() {
     )
     .await;
     assert_eq!(code, 403, "{text}");
+}
+
+#[tokio::test]
+async fn behind_a_real_apache_restrict_judges_the_guest_apache_names() {
+    // docs/install.md: Apache on loopback in front of the sidecar, trusted_hops = its address.
+    let (sc, dir) = site(
+        "[proxy.restrict]\nunsigned_from = [\"127.0.0.1/32\"]\ntrusted_hops = [\"127.0.0.1/32\"]",
+    )
+    .await;
+    let port = free_port();
+    let apache_dir = dir.path().join("apache");
+    std::fs::create_dir_all(&apache_dir).expect("apache dir");
+    Apache::configure(&apache_dir, port);
+    std::fs::write(
+        apache_dir.join("vhost.conf"),
+        format!(
+            "<VirtualHost 127.0.0.1:*>\n\
+             \x20   ProxyPass        / http://{p}/\n\
+             \x20   ProxyPassReverse / http://{p}/\n\
+             </VirtualHost>\n",
+            p = sc.proxy
+        ),
+    )
+    .expect("vhost");
+    let apache = Apache::start(&apache_dir, port);
+    // A guest at 127.0.0.2 claiming 127.0.0.1: Apache appends 127.0.0.2, which is judged.
+    let (code, text) = send(
+        "127.0.0.2",
+        apache.addr,
+        &get("/configs/1/I1", "X-Forwarded-For: 127.0.0.1\r\n"),
+    )
+    .await;
+    assert_eq!(code, 403, "{text}");
+    assert!(text.contains("127.0.0.2"), "{text}");
+    // A local caller through Apache passes.
+    let (code, text) = send("127.0.0.1", apache.addr, &get("/configs/1/I1", "")).await;
+    assert_eq!(code, 200, "{text}");
 }
 
 #[tokio::test]
