@@ -399,3 +399,43 @@ async fn the_store_is_private_whatever_the_umask() {
     }
     assert!(files >= 1, "no state.redb");
 }
+
+#[test]
+fn the_new_keys_are_documented_with_their_defaults() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).expect("README");
+    let example = std::fs::read_to_string(root.join("packaging/config.toml")).expect("example");
+    let defaults = audrey_federation::config::Config::parse("site = \"a\"\n", "d.toml".as_ref())
+        .expect("defaults");
+    let rows = [
+        (
+            "proxy.tls_handshake_timeout",
+            defaults.proxy.tls_handshake_timeout.as_secs().to_string(),
+            "# tls_handshake_timeout = 10",
+        ),
+        (
+            "proxy.max_connections",
+            defaults.proxy.max_connections.to_string(),
+            "# max_connections = 10000",
+        ),
+        (
+            "proxy.restrict.trusted_hops",
+            "[]".into(),
+            "# trusted_hops = ",
+        ),
+        ("admin.token_file", "none".into(), "# token_file = "),
+    ];
+    assert!(defaults.proxy.restrict.trusted_hops.is_empty() && defaults.admin.token_file.is_none());
+    for (key, default, in_example) in rows {
+        let row = format!("| `{key}` | `{default}` |");
+        let row_none = format!("| `{key}` | {default} |");
+        assert!(
+            readme.contains(&row) || readme.contains(&row_none),
+            "README has no row {row}"
+        );
+        assert!(
+            example.contains(in_example),
+            "packaging/config.toml lacks {in_example}"
+        );
+    }
+}
