@@ -12,7 +12,7 @@ if ! grep -q "^$name:" "$root/etc/passwd" 2>/dev/null; then
         --shell /usr/sbin/nologin --comment "Audrey federation sidecar" $name
 fi
 ids=$(awk -F: -v n="$name" '$1 == n { print $3 ":" $4 }' "$root/etc/passwd")
-install -d -m 0750 "$root/var/lib/$name"
+install -d -m 0700 "$root/var/lib/$name"
 chown "$ids" "$root/var/lib/$name"
 # Keys and certificates (docs/install.md): root writes, the service's group reads.
 if [ ! -d "$root/etc/$name/tls" ]; then

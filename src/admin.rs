@@ -1,23 +1,29 @@
-//! The admin listener: `/healthz`, `/readyz`, `/status`, `/metrics`.
+//! The admin listener: `/healthz`, `/readyz`, `/status`, `/metrics`, and the dead-letter
+//! routes (`crate::deadletters`).
 //!
-//! Owns the operator's view of the process. It must not proxy anything and must stay
-//! cheap: a readiness probe opens one TCP connection to the upstream and makes one tiny
+//! Owns the operator's view of the process, and who may change state through it
+//! ([`MutateAuth`]: every method but GET and HEAD needs the bearer token of
+//! `admin.token_file`, or, without one, a loopback peer). It must not proxy anything and must
+//! stay cheap: a readiness probe opens one TCP connection to the upstream and makes one tiny
 //! durable write, nothing more; `/status` only reads counters and one small table. Neither
 //! says anything secret: no credentials, no message bodies (a link error is the text the log
 //! already shows).
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::header::CONTENT_TYPE;
-use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http::header::{AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
 
 use crate::body::{full, ProxyBody};
 use crate::change::now_ms;
+use crate::serve::Peer;
 use crate::status::{LinkSnapshot, LinkStates};
 use crate::store::Store;
 
@@ -31,6 +37,89 @@ pub struct Admin {
     pub links: Option<LinkStates>,
     /// `admin.ready_requires_broker`: a down link makes `/readyz` 503.
     pub ready_requires_broker: bool,
+    /// Who may call the mutating endpoints.
+    pub mutate: MutateAuth,
+}
+
+/// Who may call a mutating admin endpoint (any method but GET and HEAD:
+/// `POST /dead-letters/retry`, `POST /dead-letters/drop`).
+pub enum MutateAuth {
+    /// `admin.token_file` unset: loopback peers only.
+    LoopbackOnly,
+    /// `Authorization: Bearer <token>`, the token read from `admin.token_file`, from any peer.
+    Token(String),
+}
+
+/// Why a mutating call was refused: status, metric label, one-line reason.
+#[derive(Debug, PartialEq, Eq)]
+pub struct AdminRefusal {
+    pub status: StatusCode,
+    pub label: &'static str,
+    pub reason: &'static str,
+}
+
+impl MutateAuth {
+    /// From `admin.token_file`; the error names what is wrong with the file.
+    pub fn from_file(token_file: Option<&Path>) -> Result<MutateAuth, String> {
+        match token_file {
+            None => Ok(MutateAuth::LoopbackOnly),
+            Some(path) => read_token_file(path).map(MutateAuth::Token),
+        }
+    }
+
+    /// Whether a mutating call from `peer` with `headers` may run.
+    pub fn check(&self, peer: IpAddr, headers: &HeaderMap) -> Result<(), AdminRefusal> {
+        match self {
+            MutateAuth::LoopbackOnly if loopback(peer) => Ok(()),
+            MutateAuth::LoopbackOnly => Err(AdminRefusal {
+                status: StatusCode::FORBIDDEN,
+                label: "not_loopback",
+                reason: "mutating admin calls are accepted from loopback only; set admin.token_file to accept a bearer token",
+            }),
+            MutateAuth::Token(token) => {
+                let sent = headers
+                    .get(AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.split_once(' '))
+                    .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+                    .map(|(_, t)| t.trim());
+                match sent {
+                    None => Err(AdminRefusal {
+                        status: StatusCode::UNAUTHORIZED,
+                        label: "no_token",
+                        reason: "this call needs `Authorization: Bearer <the token in admin.token_file>`",
+                    }),
+                    Some(t) if bool::from(subtle::ConstantTimeEq::ct_eq(t.as_bytes(), token.as_bytes())) => Ok(()),
+                    Some(_) => Err(AdminRefusal {
+                        status: StatusCode::UNAUTHORIZED,
+                        label: "bad_token",
+                        reason: "the bearer token is not the one in admin.token_file",
+                    }),
+                }
+            }
+        }
+    }
+}
+
+/// The token in `path`: its first line, which must not be empty.
+pub fn read_token_file(path: &Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read admin.token_file {}: {e}", path.display()))?;
+    let token = text.lines().next().unwrap_or_default().trim();
+    if token.is_empty() {
+        return Err(format!("admin.token_file {} is empty", path.display()));
+    }
+    Ok(token.to_owned())
+}
+
+/// 127.0.0.0/8, ::1 and IPv4-mapped loopback.
+fn loopback(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+        IpAddr::V4(v4) => v4.is_loopback(),
+    }
 }
 
 /// The `/status` document (README "Status"). Field names are an interface: add, never rename.
@@ -84,7 +173,25 @@ pub struct Origin {
 }
 
 impl Admin {
-    pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<ProxyBody> {
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        peer: Peer,
+    ) -> Response<ProxyBody> {
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            if let Err(r) = self.mutate.check(peer.addr.ip(), req.headers()) {
+                crate::metrics::admin_refused(r.label);
+                tracing::warn!(peer = %peer.addr, method = %req.method(), path = req.uri().path(), reason = r.reason, "admin call refused");
+                let mut resp = text(r.status, format!("{}\n", r.reason));
+                if r.status == StatusCode::UNAUTHORIZED {
+                    resp.headers_mut().insert(
+                        WWW_AUTHENTICATE,
+                        HeaderValue::from_static("Bearer realm=\"audrey-federation admin\""),
+                    );
+                }
+                return resp;
+            }
+        }
         if req.uri().path().starts_with("/dead-letters") {
             return crate::deadletters::handle(&self.store, req).await;
         }
@@ -266,4 +373,68 @@ fn text(status: StatusCode, body: impl Into<bytes::Bytes>) -> Response<ProxyBody
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("ip")
+    }
+
+    fn bearer(t: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(AUTHORIZATION, format!("Bearer {t}").parse().expect("hv"));
+        h
+    }
+
+    #[test]
+    fn without_a_token_file_only_loopback_peers_may_mutate() {
+        let auth = MutateAuth::LoopbackOnly;
+        let none = HeaderMap::new();
+        for peer in ["127.0.0.1", "127.0.0.2", "::1", "::ffff:127.0.0.1"] {
+            assert!(auth.check(ip(peer), &none).is_ok(), "{peer}");
+        }
+        let refused = auth.check(ip("10.1.2.3"), &bearer("x")).unwrap_err();
+        assert_eq!(refused.status, StatusCode::FORBIDDEN);
+        assert_eq!(refused.label, "not_loopback");
+        assert!(refused.reason.contains("admin.token_file"));
+    }
+
+    #[test]
+    fn with_a_token_file_every_peer_needs_the_token() {
+        let auth = MutateAuth::Token("s3cret".into());
+        for peer in ["127.0.0.1", "10.1.2.3"] {
+            let no = auth.check(ip(peer), &HeaderMap::new()).unwrap_err();
+            assert_eq!(
+                (no.status, no.label),
+                (StatusCode::UNAUTHORIZED, "no_token")
+            );
+            let bad = auth.check(ip(peer), &bearer("s3cre")).unwrap_err();
+            assert_eq!(bad.label, "bad_token");
+            assert!(auth.check(ip(peer), &bearer("s3cret")).is_ok());
+        }
+        let mut basic = HeaderMap::new();
+        basic.insert(AUTHORIZATION, "Basic s3cret".parse().expect("hv"));
+        assert_eq!(
+            auth.check(ip("10.1.2.3"), &basic).unwrap_err().label,
+            "no_token"
+        );
+    }
+
+    #[test]
+    fn the_token_file_must_hold_a_token() {
+        let dir = std::env::temp_dir().join(format!("af-admin-token-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = dir.join("token");
+        std::fs::write(&file, "abc\n").expect("write");
+        assert_eq!(read_token_file(&file), Ok("abc".to_string()));
+        std::fs::write(&file, "\n").expect("write");
+        assert!(read_token_file(&file).unwrap_err().contains("empty"));
+        assert!(read_token_file(&dir.join("missing"))
+            .unwrap_err()
+            .contains("cannot read admin.token_file"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

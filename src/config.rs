@@ -78,6 +78,12 @@ pub struct ProxyConfig {
     /// Time a client has to send a request's headers; then the connection is closed (slow-loris).
     #[serde(with = "humantime_secs")]
     pub header_read_timeout: Duration,
+    /// Time a client has to finish the TLS handshake (with `tls_cert`); then it is disconnected.
+    #[serde(with = "humantime_secs")]
+    pub tls_handshake_timeout: Duration,
+    /// Most connections open at once on the proxy listener; beyond it a new one is answered
+    /// 503 (plain HTTP) or closed (TLS), and counted.
+    pub max_connections: usize,
     /// Optional hardening, off by default: who may call what (docs/security.md).
     pub restrict: RestrictConfig,
 }
@@ -91,6 +97,9 @@ pub struct RestrictConfig {
     pub delete_deployment_from: Vec<String>,
     /// Who may call the server's OAuth-protected paths without any OAuth parameters.
     pub unsigned_from: Vec<String>,
+    /// Peers (CIDR or address) whose `X-Forwarded-For` these checks believe; empty (the
+    /// default): they judge the TCP peer. Independent of `proxy.trusted_proxies`.
+    pub trusted_hops: Vec<String>,
 }
 
 impl Default for ProxyConfig {
@@ -110,6 +119,8 @@ impl Default for ProxyConfig {
                 .collect(),
             upstream_storage_dir: None,
             header_read_timeout: Duration::from_secs(30),
+            tls_handshake_timeout: Duration::from_secs(10),
+            max_connections: 10_000,
             restrict: RestrictConfig::default(),
         }
     }
@@ -121,6 +132,9 @@ pub struct AdminConfig {
     pub listen: SocketAddr,
     /// `/readyz` answers 503 while a broker link is down (federation only).
     pub ready_requires_broker: bool,
+    /// File holding the bearer token every mutating admin call (any method but GET and HEAD)
+    /// must send. Unset: such calls are accepted from loopback peers only.
+    pub token_file: Option<PathBuf>,
 }
 
 impl Default for AdminConfig {
@@ -128,6 +142,7 @@ impl Default for AdminConfig {
         AdminConfig {
             listen: "127.0.0.1:9464".parse().unwrap(),
             ready_requires_broker: false,
+            token_file: None,
         }
     }
 }
@@ -360,6 +375,15 @@ impl Config {
                 "must be greater than 0",
             ));
         }
+        if self.proxy.tls_handshake_timeout.is_zero() {
+            return Err(invalid(
+                "proxy.tls_handshake_timeout",
+                "must be greater than 0",
+            ));
+        }
+        if self.proxy.max_connections == 0 {
+            return Err(invalid("proxy.max_connections", "must be greater than 0"));
+        }
         let ranges = [
             ("proxy.trusted_proxies", &self.proxy.trusted_proxies),
             (
@@ -369,6 +393,10 @@ impl Config {
             (
                 "proxy.restrict.unsigned_from",
                 &self.proxy.restrict.unsigned_from,
+            ),
+            (
+                "proxy.restrict.trusted_hops",
+                &self.proxy.restrict.trusted_hops,
             ),
         ];
         for (key, list) in ranges {

@@ -51,7 +51,17 @@ pub enum StartError {
     Tls(#[from] tls::TlsError),
     #[error("cannot read oauth.conductor_secret_file {path}: {reason}")]
     ConductorSecret { path: String, reason: String },
+    /// `admin.token_file` unreadable or empty (the reason names the file).
+    #[error("{0}")]
+    AdminToken(String),
 }
+
+/// The admin listener's limits (fixed: it serves probes, scrapes and operators).
+const ADMIN_LIMITS: serve::Limits = serve::Limits {
+    header_read_timeout: std::time::Duration::from_secs(30),
+    tls_handshake_timeout: std::time::Duration::from_secs(10),
+    max_connections: 1024,
+};
 
 /// Runs the sidecar until `shutdown` fires, then drains within `shutdown.drain_timeout`.
 pub async fn run(
@@ -61,6 +71,8 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), StartError> {
     config.validate()?;
+    let mutate = admin::MutateAuth::from_file(config.admin.token_file.as_deref())
+        .map_err(StartError::AdminToken)?;
     let store = store::Store::open(&config.state.dir, &config.site)?;
     let tls = match (&config.proxy.tls_cert, &config.proxy.tls_key) {
         (Some(c), Some(k)) => Some(tls::server_acceptor(c, k)?),
@@ -97,6 +109,7 @@ pub async fn run(
         metrics,
         links,
         ready_requires_broker: config.admin.ready_requires_broker,
+        mutate,
     });
     if let Some(dir) = config.proxy.upstream_storage_dir.clone() {
         let every = std::time::Duration::from_secs(30);
@@ -116,7 +129,11 @@ pub async fn run(
         move |req, peer| proxy.clone().handle(req, peer),
         proxy_stop,
         drain,
-        config.proxy.header_read_timeout,
+        serve::Limits {
+            header_read_timeout: config.proxy.header_read_timeout,
+            tls_handshake_timeout: config.proxy.tls_handshake_timeout,
+            max_connections: config.proxy.max_connections,
+        },
     ));
     // The admin listener outlives the proxy's drain so probes keep answering.
     let admin_stop = CancellationToken::new();
@@ -124,10 +141,10 @@ pub async fn run(
         "admin",
         listeners.admin,
         None,
-        move |req, _peer| admin.clone().handle(req),
+        move |req, peer| admin.clone().handle(req, peer),
         admin_stop.clone(),
         std::time::Duration::from_secs(1),
-        std::time::Duration::from_secs(30),
+        ADMIN_LIMITS,
     ));
     if let Some(every) = systemd::watchdog_interval() {
         tokio::spawn(systemd::watchdog(every, admin_stop.clone()));

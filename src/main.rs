@@ -358,7 +358,8 @@ mod dead_letters {
 
     enum Target {
         Local(Store),
-        Remote(SocketAddr),
+        /// The admin address and the bearer token of `admin.token_file`, if set.
+        Remote(SocketAddr, Option<String>),
     }
 
     enum Failure {
@@ -419,7 +420,9 @@ mod dead_letters {
                 Target::Local(store) => {
                     dl::list(store, direction, limit).map_err(|e| Failure::Failed(e.to_string()))?
                 }
-                Target::Remote(addr) => remote::list(*addr, direction, limit).await?,
+                Target::Remote(addr, token) => {
+                    remote::list(*addr, token.as_deref(), direction, limit).await?
+                }
             };
             print_letters(&letters, None, common.json);
             close(target).await;
@@ -434,8 +437,12 @@ mod dead_letters {
         let result = match (&target, is_retry) {
             (Target::Local(store), true) => dl::retry(store, &sel).await,
             (Target::Local(store), false) => dl::drop(store, &sel).await,
-            (Target::Remote(addr), true) => remote::retry(*addr, &sel).await,
-            (Target::Remote(addr), false) => remote::drop(*addr, &sel).await,
+            (Target::Remote(addr, token), true) => {
+                remote::retry(*addr, token.as_deref(), &sel).await
+            }
+            (Target::Remote(addr, token), false) => {
+                remote::drop(*addr, token.as_deref(), &sel).await
+            }
         };
         close(target).await;
         let report = result?;
@@ -479,10 +486,16 @@ mod dead_letters {
                         SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
                     });
                 }
+                let token = match &cfg.admin.token_file {
+                    None => None,
+                    Some(path) => Some(
+                        audrey_federation::admin::read_token_file(path).map_err(Failure::Failed)?,
+                    ),
+                };
                 eprintln!(
                     "the store is in use by a running sidecar: asking its admin listener at {addr}"
                 );
-                Ok(Target::Remote(addr))
+                Ok(Target::Remote(addr, token))
             }
             Err(e) => Err(Failure::Failed(e.to_string())),
         }

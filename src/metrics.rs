@@ -34,6 +34,9 @@ pub const RECEIVED: &str = "audrey_federation_received_total";
 pub const REJECTED: &str = "audrey_federation_rejected_total";
 pub const HANDLER_RETRIES: &str = "audrey_federation_handler_retries_total";
 pub const PROXY_REFUSED: &str = "audrey_federation_proxy_refused_total";
+pub const CONNECTIONS_OPEN: &str = "audrey_federation_connections_open";
+pub const CONNECTIONS_CLOSED: &str = "audrey_federation_connections_closed_total";
+pub const ADMIN_REFUSED: &str = "audrey_federation_admin_refused_total";
 
 /// `link` label values of the broker metrics.
 pub const LINK_PUBLISH: &str = "publish";
@@ -97,6 +100,18 @@ fn describe() {
     describe_counter!(
         PROXY_REFUSED,
         "Requests refused by proxy.restrict (403, never forwarded), by reason."
+    );
+    describe_gauge!(
+        CONNECTIONS_OPEN,
+        "Connections being served, by listener (proxy, admin)."
+    );
+    describe_counter!(
+        CONNECTIONS_CLOSED,
+        "Connections the sidecar cut before serving them, by listener and reason (max_connections, header_read_timeout: nothing sent, tls_handshake_timeout, tls_handshake_failed)."
+    );
+    describe_counter!(
+        ADMIN_REFUSED,
+        "Mutating admin calls refused (401/403), by reason (no_token, bad_token, not_loopback)."
     );
     describe_counter!(
         CAPTURE_SKIPPED,
@@ -223,6 +238,22 @@ pub fn captured(kind: &'static str) {
 
 pub fn proxy_refused(reason: &'static str) {
     counter!(PROXY_REFUSED, "reason" => reason).increment(1);
+}
+
+pub fn connection_opened(listener: &'static str) {
+    gauge!(CONNECTIONS_OPEN, "listener" => listener).increment(1.0);
+}
+
+pub fn connection_ended(listener: &'static str) {
+    gauge!(CONNECTIONS_OPEN, "listener" => listener).decrement(1.0);
+}
+
+pub fn connection_closed(listener: &'static str, reason: &'static str) {
+    counter!(CONNECTIONS_CLOSED, "listener" => listener, "reason" => reason).increment(1);
+}
+
+pub fn admin_refused(reason: &'static str) {
+    counter!(ADMIN_REFUSED, "reason" => reason).increment(1);
 }
 
 pub fn capture_skipped(reason: &'static str) {

@@ -489,6 +489,71 @@ fn optional_resources_are_off_by_default_and_guarded_by_capabilities() {
 }
 
 #[test]
+fn the_admin_port_stays_off_the_client_service_and_only_the_scrape_reaches_it() {
+    let all = parse_docs(&render("all-options-values.yaml", &[]));
+    let services: Vec<&Value> = all.iter().filter(|d| d["kind"] == "Service").collect();
+    assert_eq!(
+        services.len(),
+        2,
+        "the client Service and the metrics Service"
+    );
+    let port_names = |svc: &Value| -> Vec<String> {
+        svc["spec"]["ports"]
+            .as_array()
+            .expect("ports")
+            .iter()
+            .map(|p| p["name"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    };
+    let client = services
+        .iter()
+        .find(|s| s["metadata"]["labels"]["app.kubernetes.io/component"].is_null())
+        .expect("client service");
+    assert!(
+        !port_names(client).contains(&"admin".to_owned()),
+        "the client Service (maybe a LoadBalancer) exposes the admin port"
+    );
+    let metrics = services
+        .iter()
+        .find(|s| s["metadata"]["labels"]["app.kubernetes.io/component"] == "metrics")
+        .expect("metrics service");
+    assert_eq!(metrics["spec"]["clusterIP"], "None", "headless");
+    assert_eq!(port_names(metrics), vec!["admin".to_owned()]);
+    // The ServiceMonitor scrapes the metrics Service only.
+    let sm = find(&all, "ServiceMonitor").expect("service monitor");
+    assert_eq!(
+        sm["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"],
+        "metrics"
+    );
+    // The NetworkPolicy lets only the configured scrapers (and the helm test pod) reach it.
+    let np = find(&all, "NetworkPolicy").expect("network policy");
+    let admin_rules: Vec<&Value> = np["spec"]["ingress"]
+        .as_array()
+        .expect("ingress")
+        .iter()
+        .filter(|r| r["ports"][0]["port"] == "admin")
+        .collect();
+    assert_eq!(admin_rules.len(), 1);
+    let from = admin_rules[0]["from"].as_array().expect("admin peers");
+    assert!(!from.is_empty(), "the admin port open to everyone");
+    for peer in from {
+        let is_test_pod =
+            peer["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "test";
+        assert!(
+            is_test_pod || peer["namespaceSelector"].is_object() || peer["ipBlock"].is_object(),
+            "unexpected admin peer {peer}"
+        );
+    }
+    let no_tests = parse_docs(&render("all-options-values.yaml", &["tests.enabled=false"]));
+    let np = find(&no_tests, "NetworkPolicy").expect("network policy");
+    let text = serde_json::to_string(&np["spec"]["ingress"]).expect("json");
+    assert!(
+        !text.contains("\"test\""),
+        "test pod allowed without tests: {text}"
+    );
+}
+
+#[test]
 fn helm_test_calls_readyz_through_the_service() {
     let docs = parse_docs(&render("full-values.yaml", &[]));
     let test = docs
@@ -503,7 +568,7 @@ fn helm_test_calls_readyz_through_the_service() {
         .collect();
     assert_eq!(
         cmd.last(),
-        Some(&"http://rel-audrey-federation.fed.svc:9464/readyz")
+        Some(&"http://rel-audrey-federation-metrics.fed.svc:9464/readyz")
     );
 }
 

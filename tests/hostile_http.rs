@@ -405,10 +405,13 @@ async fn restrict_refuses_with_403_counts_and_never_forwards() {
     );
     assert!(sc.log().contains("refused by proxy.restrict"));
 
-    // Loopback is a trusted proxy by default: X-Forwarded-For names the client.
+    // A hop listed in proxy.restrict.trusted_hops (here loopback, as Apache in front would
+    // be): X-Forwarded-For names the client. Without it the TCP peer is judged
+    // (tests/closed_doors.rs).
     let (sc, seen, _dir) = site(
         "[proxy.restrict]\n\
-         delete_deployment_from = [\"10.0.0.0/8\"]",
+         delete_deployment_from = [\"10.0.0.0/8\"]\n\
+         trusted_hops = [\"127.0.0.0/8\"]",
     )
     .await;
     let del = |xff: &str| {
@@ -453,6 +456,18 @@ fn hardening_keys_are_validated_naming_the_key() {
         (
             "[proxy.restrict]\nsigned_from = []\n".to_owned(),
             "signed_from",
+        ),
+        (
+            "[proxy.restrict]\ntrusted_hops = [\"10.0.0.0/40\"]\n".to_owned(),
+            "proxy.restrict.trusted_hops",
+        ),
+        (
+            "[proxy]\ntls_handshake_timeout = 0\n".to_owned(),
+            "proxy.tls_handshake_timeout",
+        ),
+        (
+            "[proxy]\nmax_connections = 0\n".to_owned(),
+            "proxy.max_connections",
         ),
         (
             format!("{amqp}accept_origins = [\"site a\"]\n"),

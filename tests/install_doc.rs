@@ -284,7 +284,7 @@ fn install_md_steps_run_in_a_throwaway_root() {
     assert_eq!(
         a.path("/var/lib/audrey-federation")
             .map(|s| (s.1, s.2, s.3)),
-        Some((uid, gid, 0o750))
+        Some((uid, gid, 0o700))
     );
     assert_eq!(
         a.path("/etc/audrey-federation/config.toml")

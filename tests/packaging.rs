@@ -106,7 +106,7 @@ fn assert_installed(sysroot: &Path) {
     assert!(uid < 1000, "a system user: {uid}");
     let state = std::fs::metadata(sysroot.join("var/lib/audrey-federation")).unwrap();
     assert_eq!((state.uid(), state.gid()), (uid, gid));
-    assert_eq!(state.mode() & 0o777, 0o750);
+    assert_eq!(state.mode() & 0o777, 0o700);
     let tls = std::fs::metadata(sysroot.join("etc/audrey-federation/tls"))
         .expect("/etc/audrey-federation/tls is created (docs/install.md copies keys there)");
     assert!(tls.is_dir());
@@ -285,6 +285,16 @@ fn deb_ships_binary_config_unit_and_creates_the_user() {
     assert!(
         user.ends_with(":/var/lib/audrey-federation:/usr/sbin/nologin"),
         "{user}"
+    );
+    let uid: u32 = user.split(':').nth(2).unwrap().parse().unwrap();
+    assert!(uid < 1000, "a system user: {user}");
+    use std::os::unix::fs::MetadataExt as _;
+    let state = std::fs::metadata(sysroot.join("var/lib/audrey-federation")).unwrap();
+    assert_eq!(state.uid(), uid);
+    assert_eq!(
+        state.mode() & 0o777,
+        0o700,
+        "state directory private (docs/security.md)"
     );
     assert_installed(&sysroot);
     // Running it again changes nothing (upgrade).

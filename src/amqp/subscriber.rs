@@ -48,6 +48,11 @@ pub const CREDIT: u32 = 64;
 /// First and largest pause between two attempts of a failing handler.
 pub const HANDLER_RETRY_INITIAL: Duration = Duration::from_millis(100);
 pub const HANDLER_RETRY_MAX: Duration = Duration::from_secs(10);
+/// The receiving link's `max-message-size`: the wire's body limit (`wire::MAX_BODY_BYTES`,
+/// 16 MiB) plus 1 MiB for the header, properties and framing. A message between the two is
+/// received and refused as `too_large` (dead-lettered); fe2o3 detaches the link on a
+/// delivery beyond it before buffering the rest, so memory per delivery stays bounded.
+pub const MAX_MESSAGE_SIZE: u64 = (wire::MAX_BODY_BYTES + 1024 * 1024) as u64;
 
 /// What the subscriber hands each valid inbound change to (the replay engine).
 ///
@@ -175,6 +180,7 @@ impl<H: ChangeHandler> Subscriber<H> {
                 .source(source)
                 .credit_mode(fe2o3_amqp::link::receiver::CreditMode::Manual)
                 .auto_accept(false)
+                .max_message_size(MAX_MESSAGE_SIZE)
                 .attach(&mut session);
             let mut receiver = match step(attach).await {
                 Ok(r) => r,

@@ -1,6 +1,7 @@
 //! Client side: the dead-letter operations on a running sidecar's admin listener (the CLI
-//! uses it when the store is locked). One HTTP/1.1 request per call, bounded by a timeout;
-//! it must not retry a POST.
+//! uses it when the store is locked). One HTTP/1.1 request per call, bounded by a timeout,
+//! with `Authorization: Bearer` when a token is given (`admin.token_file`); it must not retry
+//! a POST.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -16,6 +17,7 @@ use super::{DeadLetterError, Direction, Letter, Report, Selector};
 /// `GET /dead-letters`.
 pub async fn list(
     admin: SocketAddr,
+    token: Option<&str>,
     direction: Option<Direction>,
     limit: usize,
 ) -> Result<Vec<Letter>, DeadLetterError> {
@@ -26,6 +28,7 @@ pub async fn list(
     };
     call(
         admin,
+        token,
         Method::GET,
         "/dead-letters",
         &to_query(&sel, Some(limit)),
@@ -34,9 +37,14 @@ pub async fn list(
 }
 
 /// `POST /dead-letters/retry`.
-pub async fn retry(admin: SocketAddr, sel: &Selector) -> Result<Report, DeadLetterError> {
+pub async fn retry(
+    admin: SocketAddr,
+    token: Option<&str>,
+    sel: &Selector,
+) -> Result<Report, DeadLetterError> {
     call(
         admin,
+        token,
         Method::POST,
         "/dead-letters/retry",
         &to_query(sel, None),
@@ -45,9 +53,14 @@ pub async fn retry(admin: SocketAddr, sel: &Selector) -> Result<Report, DeadLett
 }
 
 /// `POST /dead-letters/drop`.
-pub async fn drop(admin: SocketAddr, sel: &Selector) -> Result<Report, DeadLetterError> {
+pub async fn drop(
+    admin: SocketAddr,
+    token: Option<&str>,
+    sel: &Selector,
+) -> Result<Report, DeadLetterError> {
     call(
         admin,
+        token,
         Method::POST,
         "/dead-letters/drop",
         &to_query(sel, None),
@@ -57,6 +70,7 @@ pub async fn drop(admin: SocketAddr, sel: &Selector) -> Result<Report, DeadLette
 
 async fn call<T: for<'de> Deserialize<'de>>(
     admin: SocketAddr,
+    token: Option<&str>,
     method: Method,
     path: &str,
     query: &str,
@@ -79,10 +93,14 @@ async fn call<T: for<'de> Deserialize<'de>>(
         } else {
             format!("{path}?{query}")
         };
-        let req = Request::builder()
+        let mut req = Request::builder()
             .method(method)
             .uri(uri)
-            .header(http::header::HOST, admin.to_string())
+            .header(http::header::HOST, admin.to_string());
+        if let Some(t) = token {
+            req = req.header(http::header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let req = req
             .body(Empty::<Bytes>::new())
             .map_err(|e| fail(e.to_string()))?;
         let resp = sender

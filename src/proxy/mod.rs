@@ -104,7 +104,7 @@ impl Proxy {
                     &parts.method,
                     &target,
                     &parts.headers,
-                    client_addr,
+                    peer.addr.ip(),
                     route.is_capturing(),
                 )
                 .map_err(refused)?;
@@ -135,7 +135,7 @@ impl Proxy {
             let bytes = capture::read_body(body, declared, self.body_limit).await?;
             if !self.restrict.is_off() {
                 self.restrict
-                    .check_body(&target, &parts.headers, &bytes, client_addr)
+                    .check_body(&target, &parts.headers, &bytes, peer.addr.ip())
                     .map_err(refused)?;
             }
             let pending = capture::prepare(&route, &bytes, client_addr);

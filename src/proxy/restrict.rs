@@ -3,9 +3,15 @@
 //! without any OAuth parameters.
 //!
 //! Owns the decision only: given a request's method, path, query, headers (and, on a capturing
-//! route whose body is read anyway, its form body) and the client address as the server would
-//! record it, whether it must be refused and why. It must not read a streamed body (bodies of
-//! other routes are never buffered), edit requests, or verify signatures (the server does).
+//! route whose body is read anyway, its form body) and the TCP peer, whether it must be refused
+//! and why. It must not read a streamed body (bodies of other routes are never buffered), edit
+//! requests, or verify signatures (the server does).
+//!
+//! The address judged is the TCP peer, or, when the peer is one of `trusted_hops` (a reverse
+//! proxy in front of the sidecar), the `X-Forwarded-For` walk over those hops only. It is never
+//! the address recorded for the guest (`proxy.trusted_proxies`, Rack's defaults): those trust
+//! the private ranges guests live in, so a guest at 10.1.2.3 could send
+//! `X-Forwarded-For: 127.0.0.1` and pass `unsigned_from = ["127.0.0.1/32"]`.
 //!
 //! The real server leaves `DELETE /deployment/*` unauthenticated and answers 500 to an
 //! unsigned call on `/configs/*`, `/params/*`, `/files/*` and `/auth`. A call counts as signed
@@ -18,7 +24,8 @@ use std::net::IpAddr;
 use http::{HeaderMap, Method};
 use percent_encoding::percent_decode_str;
 
-use super::forwarded::{parse_cidr, Cidr};
+use super::forwarded::{parse_cidr, Cidr, TrustedProxies};
+use super::headers::forwarded_for;
 use crate::config::RestrictConfig;
 
 /// Why a request is refused: the stable metric label and the one-line reason.
@@ -33,6 +40,8 @@ pub struct Refusal {
 pub struct Restrict {
     delete_deployment_from: Option<Vec<Cidr>>,
     unsigned_from: Option<Vec<Cidr>>,
+    /// `trusted_hops`: the only peers whose `X-Forwarded-For` is believed here.
+    hops: TrustedProxies,
 }
 
 impl Restrict {
@@ -45,6 +54,7 @@ impl Restrict {
         Restrict {
             delete_deployment_from: compile(&cfg.delete_deployment_from),
             unsigned_from: compile(&cfg.unsigned_from),
+            hops: TrustedProxies::new(&cfg.trusted_hops),
         }
     }
 
@@ -53,15 +63,23 @@ impl Restrict {
         self.delete_deployment_from.is_none() && self.unsigned_from.is_none()
     }
 
-    /// Checks a request before its body is read. `path_and_query` is the request target.
+    /// The address these checks judge: `peer` (the TCP peer), or the `X-Forwarded-For` walk
+    /// when `peer` is one of `trusted_hops`.
+    pub fn judged(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+        self.hops.client_addr(peer, forwarded_for(headers))
+    }
+
+    /// Checks a request before its body is read. `path_and_query` is the request target,
+    /// `peer` the TCP peer.
     pub fn check_head(
         &self,
         method: &Method,
         path_and_query: &str,
         headers: &HeaderMap,
-        client: IpAddr,
+        peer: IpAddr,
         body_will_be_read: bool,
     ) -> Result<(), Refusal> {
+        let client = self.judged(peer, headers);
         let (path, query) = path_and_query
             .split_once('?')
             .unwrap_or((path_and_query, ""));
@@ -90,12 +108,13 @@ impl Restrict {
     }
 
     /// Checks a protected call whose form body was read (a capturing route), once read.
+    /// `peer` is the TCP peer.
     pub fn check_body(
         &self,
         path_and_query: &str,
         headers: &HeaderMap,
         body: &[u8],
-        client: IpAddr,
+        peer: IpAddr,
     ) -> Result<(), Refusal> {
         let (path, query) = path_and_query
             .split_once('?')
@@ -107,7 +126,7 @@ impl Restrict {
         {
             return Ok(());
         }
-        self.unsigned(client)
+        self.unsigned(self.judged(peer, headers))
     }
 
     fn unsigned(&self, client: IpAddr) -> Result<(), Refusal> {
@@ -160,10 +179,15 @@ fn has_signature(form: &[u8]) -> bool {
 mod tests {
     use super::*;
 
+    fn strings(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
     fn restrict(delete: &[&str], unsigned: &[&str]) -> Restrict {
         Restrict::new(&RestrictConfig {
-            delete_deployment_from: delete.iter().map(|s| s.to_string()).collect(),
-            unsigned_from: unsigned.iter().map(|s| s.to_string()).collect(),
+            delete_deployment_from: strings(delete),
+            unsigned_from: strings(unsigned),
+            trusted_hops: Vec::new(),
         })
     }
 
@@ -239,5 +263,56 @@ mod tests {
         assert!(r
             .check_body("/params/2/I", &none, b"audrey_data=x", far)
             .is_err());
+    }
+
+    fn xff(value: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", value.parse().expect("hv"));
+        h
+    }
+
+    #[test]
+    fn a_guest_cannot_claim_an_allowed_address_by_sending_x_forwarded_for() {
+        // The documentation's own example, with no trusted hop: the TCP peer is judged.
+        let r = restrict(&[], &["127.0.0.1/32"]);
+        let claim = xff("127.0.0.1");
+        let refused = r
+            .check_head(&Method::GET, "/configs/1/I", &claim, ip("10.1.2.3"), false)
+            .unwrap_err();
+        assert_eq!(refused.label, "unsigned_from");
+        assert!(refused.reason.contains("10.1.2.3"), "{}", refused.reason);
+        assert!(r
+            .check_body("/params/2/I", &claim, b"audrey_data=x", ip("10.1.2.3"))
+            .is_err());
+        // A loopback peer is loopback, whatever it forwards.
+        assert!(r
+            .check_head(
+                &Method::GET,
+                "/configs/1/I",
+                &xff("10.9.9.9"),
+                ip("127.0.0.1"),
+                false
+            )
+            .is_ok());
+    }
+
+    #[test]
+    fn x_forwarded_for_is_believed_from_trusted_hops_only() {
+        // Apache on loopback in front of the sidecar: it appends the guest's address.
+        let r = Restrict::new(&RestrictConfig {
+            delete_deployment_from: Vec::new(),
+            unsigned_from: strings(&["127.0.0.1/32"]),
+            trusted_hops: strings(&["127.0.0.1/32"]),
+        });
+        let get = |h: &HeaderMap, peer: &str| {
+            r.check_head(&Method::GET, "/configs/1/I", h, ip(peer), false)
+        };
+        // The guest at 10.1.2.3 claimed 127.0.0.1; the hop appended the real address.
+        assert!(get(&xff("127.0.0.1, 10.1.2.3"), "127.0.0.1").is_err());
+        // A local caller through the hop.
+        assert!(get(&xff("127.0.0.1"), "127.0.0.1").is_ok());
+        // A peer that is no hop: its header is not read.
+        assert!(get(&xff("127.0.0.1"), "10.1.2.3").is_err());
+        assert_eq!(r.judged(ip("10.1.2.3"), &xff("127.0.0.1")), ip("10.1.2.3"));
     }
 }

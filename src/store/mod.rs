@@ -18,6 +18,7 @@ mod replay;
 pub(crate) mod tables;
 mod writer;
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, PoisonError, RwLock};
@@ -104,9 +105,14 @@ impl Store {
             return Err(StoreError::open(dir, "site name is empty"));
         }
         std::fs::create_dir_all(dir).map_err(|e| StoreError::open(dir, e))?;
+        private(dir, 0o700);
         let path = dir.join(FILE_NAME);
         let db = writer::open_db(&path)?;
-        let (snapshot, incarnation) = create_tables(&db).map_err(|e| StoreError::open(&path, e))?;
+        // The store holds instance secrets: readable by this user alone, whatever the umask.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| StoreError::open(&path, format!("cannot make it mode 0600: {e}")))?;
+        let (snapshot, incarnation) =
+            create_tables(&db).map_err(|e| StoreError::open(&path, e))?;
         let shared = Arc::new(Shared {
             path,
             dir: dir.to_owned(),
@@ -270,5 +276,14 @@ impl<T, E: Into<redb::Error>> OrWrite<T> for Result<T, E> {
 impl<T, E: Into<redb::Error>> OrRead<T> for Result<T, E> {
     fn rd(self) -> Result<T, StoreError> {
         self.map_err(StoreError::read)
+    }
+}
+
+/// Makes the state directory `mode` (0700: only this user may list or open what it holds). A
+/// directory this user does not own (a volume root owned by root with an `fsGroup`) cannot be
+/// changed: that is logged, and the database file itself stays 0600.
+fn private(dir: &Path, mode: u32) {
+    if let Err(e) = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)) {
+        tracing::warn!(dir = %dir.display(), error = %e, "cannot make state.dir mode {mode:o}; state.redb stays 0600");
     }
 }
