@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod amqp;
+pub mod authn;
 pub mod body;
 pub mod capture;
 pub mod change;
@@ -51,6 +52,8 @@ pub enum StartError {
     Tls(#[from] tls::TlsError),
     #[error("cannot read oauth.conductor_secret_file {path}: {reason}")]
     ConductorSecret { path: String, reason: String },
+    #[error("signing or sealing material: {0}")]
+    Authn(#[from] authn::AuthnError),
 }
 
 /// Runs the sidecar until `shutdown` fires, then drains within `shutdown.drain_timeout`.
@@ -200,6 +203,8 @@ fn start_federation(
         store.clone(),
         &config.replay,
     ));
+    // Fails the start on an unreadable key; the publisher and subscriber load their own copies.
+    authn::WireSecurity::load(amqp)?.warn_at_start();
     tracing::info!(site = %config.site, broker = %amqp.url, "federation enabled");
     let links = status::LinkStates::new();
 

@@ -86,7 +86,15 @@ pub async fn run_publisher_with_drain(
     stop: CancellationToken,
 ) {
     let heartbeat_interval = cfg.heartbeat_interval;
+    let security = match crate::authn::WireSecurity::load(&cfg) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "publisher cannot start");
+            return;
+        }
+    };
     let mut publisher = Publisher {
+        security,
         cfg,
         site,
         store,
@@ -124,6 +132,8 @@ pub async fn run_publisher_with_drain(
 }
 
 struct Publisher {
+    /// Signs every message; seals registrations' secrets.
+    security: crate::authn::WireSecurity,
     cfg: AmqpConfig,
     site: String,
     store: Store,
@@ -257,7 +267,11 @@ impl Publisher {
         };
         let subject = wire::routing_key(&self.cfg.routing_key_template, wire::HEARTBEAT_DEPLOYMENT);
         let ttl = heartbeat_ttl(self.heartbeat_interval);
-        let message = codec::to_message(&wire::encode_heartbeat(&hb, &subject, ttl));
+        let message = codec::to_message(
+            &self
+                .security
+                .sign(wire::encode_heartbeat(&hb, &subject, ttl)),
+        );
         match tokio::time::timeout(SETTLE_TIMEOUT, sender.send_batchable(message)).await {
             // The broker's verdict is not awaited: dropping it leaves the send as it is.
             Ok(Ok(_outcome)) => tracing::trace!(sent_at_ms = hb.sent_at_ms, "heartbeat sent"),
@@ -304,7 +318,16 @@ impl Publisher {
                 };
                 self.heartbeat_if_due(sender).await;
                 let subject = wire::routing_key(&self.cfg.routing_key_template, &deployment);
-                let message = codec::to_message(&wire::encode(&change, &subject));
+                let wire_msg = match self.security.encode_change(&change, &subject) {
+                    Ok(w) => w,
+                    Err(e) => {
+                        // Never sent in plaintext: kept in the outbox and tried again.
+                        tracing::error!(origin_seq = change.origin_seq, error = %e, "cannot seal a registration; kept in the outbox");
+                        held.push(change.origin_seq);
+                        continue;
+                    }
+                };
+                let message = codec::to_message(&wire_msg);
                 let fut = tokio::time::timeout(SETTLE_TIMEOUT, sender.send_batchable(message))
                     .await
                     .map_err(|_| no_answer("no link credit"))?
