@@ -182,7 +182,9 @@ async fn hostile_inbound_messages_are_rejected_counted_dead_lettered_and_never_a
     .map(|r| rejected(r))
     .collect();
     let stop = CancellationToken::new();
-    let extra = format!("accept_origins = [{trusted:?}, \"site-a\"]");
+    // These messages are unsigned on purpose: this test is about the decoder's checks behind
+    // the signature (tests/hostile_federation.rs refuses unsigned ones).
+    let extra = format!("accept_origins = [{trusted:?}, \"site-a\"]\naccept_unsigned = true");
     let task = tokio::spawn(run_subscriber(
         cfg(&b, "site-c", &extra),
         "site-c".into(),
