@@ -287,3 +287,110 @@ async fn no_instance_secret_on_the_brokers_disk_nor_in_any_log() {
     }
     assert!(hits.is_empty(), "plaintext secrets: {hits:#?}");
 }
+
+/// The broker definitions of docs/security.md ("Broker topic permissions"): each site may
+/// write to `amq.topic` only under routing keys that name it.
+fn topic_permissions(sites: &[&str]) -> serde_json::Value {
+    let perms: Vec<serde_json::Value> = sites
+        .iter()
+        .map(|s| {
+            let escaped = s.replace('.', "\\.");
+            serde_json::json!({"user": s, "vhost": "/", "exchange": "amq.topic",
+                "write": format!("^audrey\\.federation\\.{escaped}\\."), "read": ".*"})
+        })
+        .collect();
+    serde_json::json!({ "topic_permissions": perms })
+}
+
+/// Sends one message with `subject` as `cfg`'s identity: the broker's answer, or the error
+/// that ended the link.
+async fn try_send_subject(cfg: &AmqpConfig, subject: &str) -> Result<Outcome, String> {
+    let tag = format!("topic-perm-{:08x}", rand::random::<u32>());
+    let mut conn = audrey_federation::amqp::connect(cfg, &tag)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut session = Session::begin(&mut conn).await.map_err(|e| e.to_string())?;
+    let result = async {
+        let mut sender = Sender::attach(&mut session, tag, "/exchange/amq.topic")
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut w = params("site-b", 1, "10.1.1.1");
+        w.subject = subject.to_owned();
+        let outcome =
+            tokio::time::timeout(Duration::from_secs(10), sender.send(codec::to_message(&w)))
+                .await
+                .map_err(|_| "no answer from the broker".to_string())?
+                .map_err(|e| e.to_string());
+        support::teardown("detach sender", sender.detach()).await;
+        outcome
+    }
+    .await;
+    support::teardown("end session", session.end()).await;
+    support::teardown("close connection", conn.close()).await;
+    result
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_broker_refuses_a_site_publishing_under_another_sites_routing_key() {
+    let sites = ["site-a", "site-b"];
+    let pki = certs::generate(&sites);
+    let extras = support::broker_layout::LayoutExtras {
+        definitions: Some(topic_permissions(&sites)),
+        ..Default::default()
+    };
+    let broker = Broker::start_with(
+        BrokerOptions {
+            sites: &sites,
+            certs: &pki,
+        },
+        support::broker_layout::pick_ports(),
+        &extras,
+    );
+    let b = sender_cfg(&broker, &pki, "site-b");
+    let own = try_send_subject(&b, "audrey.federation.site-b.D1").await;
+    assert!(
+        matches!(own, Ok(Outcome::Accepted(_))),
+        "own routing key: {own:?}"
+    );
+    let other = try_send_subject(&b, "audrey.federation.site-a.D1").await;
+    assert!(
+        !matches!(other, Ok(Outcome::Accepted(_))),
+        "site-b published under site-a's routing key: {other:?}"
+    );
+    let log = broker.log_tail();
+    assert!(
+        log.contains("access_refused")
+            || log.contains("ACCESS_REFUSED")
+            || log.contains("access to topic"),
+        "{log}"
+    );
+
+    // The sidecars federate under these permissions with `{site}` in their routing keys.
+    let dir = tempfile::tempdir().unwrap();
+    let launch_with_site_keys = |name: &str| {
+        let amqp = format!(
+            "{}routing_key_template = \"audrey.federation.{{site}}.{{deployment}}\"\n",
+            site::mtls(&broker.amqps_url(), &pki, name)
+        );
+        Site::launch(
+            name,
+            &amqp,
+            &dir.path().join(name),
+            Site::emulator(),
+            None,
+            "",
+        )
+    };
+    let a = launch_with_site_keys("site-a");
+    let bs = launch_with_site_keys("site-b");
+    let i1 = scenario::i1();
+    a.register(&i1).await;
+    a.report(&i1, "10.0.0.5").await;
+    bs.metric_reaches("audrey_federation_applied_total", &[], 2.0)
+        .await;
+    assert_eq!(
+        a.metric("audrey_federation_publish_rejected_total", &[])
+            .await,
+        0.0
+    );
+}

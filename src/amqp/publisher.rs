@@ -35,6 +35,8 @@ use crate::wire;
 /// How often an idle publisher looks at the outbox without being woken (held entries, missed
 /// wake-ups).
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// Replaced by this site's id in `amqp.routing_key_template` (optional).
+pub const SITE_PLACEHOLDER: &str = "{site}";
 /// Outbox entries read per store call.
 const BATCH: usize = 256;
 /// Unsettled sends in flight at once.
@@ -265,7 +267,7 @@ impl Publisher {
             origin_site: self.site.clone(),
             sent_at_ms: now_ms(),
         };
-        let subject = wire::routing_key(&self.cfg.routing_key_template, wire::HEARTBEAT_DEPLOYMENT);
+        let subject = wire::routing_key(&self.template(), wire::HEARTBEAT_DEPLOYMENT);
         let ttl = heartbeat_ttl(self.heartbeat_interval);
         let message = codec::to_message(
             &self
@@ -278,6 +280,14 @@ impl Publisher {
             Ok(Err(e)) => tracing::debug!(error = %e, "heartbeat not sent; dropped"),
             Err(_) => tracing::debug!("heartbeat not sent (no link credit); dropped"),
         }
+    }
+
+    /// `amqp.routing_key_template` with `{site}` replaced by this site (docs/security.md: broker
+    /// topic permissions can then limit each site to routing keys naming itself).
+    fn template(&self) -> String {
+        self.cfg
+            .routing_key_template
+            .replace(SITE_PLACEHOLDER, &self.site)
     }
 
     /// True when the outbox has nothing at all (a store error counts as "something").
@@ -317,7 +327,7 @@ impl Publisher {
                     continue;
                 };
                 self.heartbeat_if_due(sender).await;
-                let subject = wire::routing_key(&self.cfg.routing_key_template, &deployment);
+                let subject = wire::routing_key(&self.template(), &deployment);
                 let wire_msg = match self.security.encode_change(&change, &subject) {
                     Ok(w) => w,
                     Err(e) => {

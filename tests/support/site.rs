@@ -50,16 +50,16 @@ pub fn with_identity(amqps_url: &str, ca: &Path, cert: &Path, key: &Path) -> Str
 /// The federation's seal key file of the PKI whose CA is `ca` (`federation.seal` beside it),
 /// written with a fresh random key on first use: every site of a test shares it.
 pub fn seal_key_file(ca: &Path) -> PathBuf {
-    use base64::Engine;
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let path = ca.with_file_name("federation.seal");
-    let key: [u8; 32] = rand::random();
-    let line = format!(
-        "test-{:08x}:{}\n",
-        rand::random::<u32>(),
-        base64::engine::general_purpose::STANDARD.encode(key)
-    );
+    // The key is made by the recipe of docs/security.md ("Sealed secrets").
+    let out = std::process::Command::new("sh")
+        .args(["-c", "printf 'k2026:%s\\n' \"$(openssl rand -base64 32)\""])
+        .output()
+        .expect("openssl rand");
+    assert!(out.status.success(), "openssl rand: {out:?}");
+    let line = String::from_utf8(out.stdout).expect("utf-8 key line");
     // create_new: the first site of a test writes it, the others (and reruns) keep it.
     if let Ok(mut f) = std::fs::OpenOptions::new()
         .write(true)
