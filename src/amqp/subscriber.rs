@@ -664,6 +664,18 @@ mod tests {
     }
 
     #[test]
+    fn a_refused_body_keeps_a_bounded_summary() {
+        let (kept, reason) = summary(vec![b'x'; 16 * 1024 * 1024 + 1], "too large");
+        assert_eq!(kept.len(), DEAD_LETTER_KEEP);
+        assert_eq!(
+            reason,
+            "too large (body of 16777217 bytes; the first 1024 kept)"
+        );
+        let (kept, reason) = summary(b"short".to_vec(), "bad");
+        assert_eq!((kept.as_slice(), reason.as_str()), (&b"short"[..], "bad"));
+    }
+
+    #[test]
     fn order_of_each_kind() {
         let change = |event: Event, instance: Option<&str>| Change {
             origin_site: "a".into(),
