@@ -210,10 +210,49 @@ pub struct AmqpConfig {
     /// the federation still run a build that reads only 1 (docs/wire-format.md, upgrading).
     #[serde(default = "default_wire_format")]
     pub wire_format: u8,
+    /// Sign every change and heartbeat published (docs/security.md). Default true; false only
+    /// emulates a site of an older build.
+    #[serde(default = "default_true")]
+    pub sign: bool,
+    /// A dedicated signing certificate (chain) and key from the federation CA; default:
+    /// `amqp.cert` and `amqp.key`.
+    pub signing_cert: Option<PathBuf>,
+    pub signing_key: Option<PathBuf>,
+    /// Which name of a signer's certificate must be the message's `origin_site`: `cn` (the
+    /// subject's common name, the default) or `san` (a DNS subject alternative name).
+    #[serde(default)]
+    pub signer_identity: SignerIdentity,
+    /// Accept unsigned changes and heartbeats (a signed one is still verified): only for a
+    /// rolling upgrade from a build that does not sign. Logged loudly and counted.
+    #[serde(default)]
+    pub accept_unsigned: bool,
+    /// Heartbeats and changes stamped further than this in the future are refused (default 300 s).
+    #[serde(default = "default_max_clock_skew", with = "humantime_secs")]
+    pub max_clock_skew: Duration,
+    /// The federation's sealing keys (`id:base64-of-32-bytes` lines; the first seals, all
+    /// open): registrations' secrets travel sealed. Absent: they travel in plaintext (warned).
+    pub seal_key_file: Option<PathBuf>,
 }
 
 fn default_wire_format() -> u8 {
     crate::wire::FORMAT_VERSION
+}
+
+/// Which certificate name identifies a signing site.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SignerIdentity {
+    #[default]
+    Cn,
+    San,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_max_clock_skew() -> Duration {
+    Duration::from_secs(300)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -469,6 +508,12 @@ impl AmqpConfig {
         }
         if self.cert.is_some() != self.key.is_some() {
             return Err(invalid("amqp.key", "amqp.cert and amqp.key go together"));
+        }
+        if self.signing_cert.is_some() != self.signing_key.is_some() {
+            return Err(invalid(
+                "amqp.signing_key",
+                "amqp.signing_cert and amqp.signing_key go together",
+            ));
         }
         if self.sasl == SaslMechanism::Plain
             && (self.username.is_none() || self.password_file.is_none())

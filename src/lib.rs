@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod amqp;
+pub mod authn;
 pub mod body;
 pub mod capture;
 pub mod change;
@@ -54,6 +55,8 @@ pub enum StartError {
     /// `admin.token_file` unreadable or empty (the reason names the file).
     #[error("{0}")]
     AdminToken(String),
+    #[error("signing or sealing material: {0}")]
+    Authn(#[from] authn::AuthnError),
 }
 
 /// The admin listener's limits (fixed: it serves probes, scrapes and operators).
@@ -217,6 +220,8 @@ fn start_federation(
         store.clone(),
         &config.replay,
     ));
+    // Fails the start on an unreadable key; the publisher and subscriber load their own copies.
+    authn::WireSecurity::load(amqp)?.warn_at_start();
     tracing::info!(site = %config.site, broker = %amqp.url, "federation enabled");
     let links = status::LinkStates::new();
 

@@ -53,6 +53,7 @@ pub const REPLAY_LAST_APPLIED: &str = "audrey_federation_last_applied_timestamp_
 pub const HEARTBEATS_RECEIVED: &str = "audrey_federation_heartbeats_received_total";
 pub const REPLAY_REAPPLIED: &str = "audrey_federation_reapplied_total";
 pub const ORIGIN_INCARNATIONS: &str = "audrey_federation_origin_incarnations_total";
+pub const UNSIGNED_ACCEPTED: &str = "audrey_federation_unsigned_accepted_total";
 
 /// Latency buckets (seconds) for proxied requests: sub-millisecond to the 30 s timeout.
 const REQUEST_BUCKETS: &[f64] = &[
@@ -214,6 +215,10 @@ fn describe() {
         HANDLER_RETRIES,
         "Inbound changes whose handler failed transiently and were retried."
     );
+    describe_counter!(
+        UNSIGNED_ACCEPTED,
+        "Unsigned inbound changes and heartbeats accepted because amqp.accept_unsigned = true (rolling upgrade only)."
+    );
     gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
 }
 
@@ -371,4 +376,9 @@ pub fn replay_error(reason: &'static str) {
 
 pub fn dead_lettered_outbound(kind: &'static str) {
     counter!(DEAD_LETTERED, "kind" => kind, "direction" => "outbound").increment(1);
+}
+
+/// An unsigned inbound message let through by `amqp.accept_unsigned`.
+pub fn unsigned_accepted() {
+    counter!(UNSIGNED_ACCEPTED).increment(1);
 }

@@ -231,7 +231,7 @@ fn write_seed_corpus() {
     );
     wires.push(fuzzing::wire_message_to_bytes(&hb));
     let mut future = wire::encode(&changes()[0], "s");
-    future.properties[0].1 = WireValue::U8(2);
+    future.properties[0].1 = WireValue::U8(3);
     wires.push(fuzzing::wire_message_to_bytes(&future));
     let seeds: [(&str, Vec<Vec<u8>>); 4] = [
         (

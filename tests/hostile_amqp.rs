@@ -142,7 +142,7 @@ async fn hostile_inbound_messages_are_rejected_counted_dead_lettered_and_never_a
     };
     let future = {
         let mut w = encoded(&change(&trusted, 3));
-        w.properties[0].1 = WireValue::U8(2);
+        w.properties[0].1 = WireValue::U8(3);
         w
     };
     let rogue = encoded(&change("rogue-site", 1));
@@ -184,7 +184,9 @@ async fn hostile_inbound_messages_are_rejected_counted_dead_lettered_and_never_a
     .map(|r| rejected(r))
     .collect();
     let stop = CancellationToken::new();
-    let extra = format!("accept_origins = [{trusted:?}, \"site-a\"]");
+    // These messages are unsigned on purpose: this test is about the decoder's checks behind
+    // the signature (tests/hostile_federation.rs refuses unsigned ones).
+    let extra = format!("accept_origins = [{trusted:?}, \"site-a\"]\naccept_unsigned = true");
     let task = tokio::spawn(run_subscriber(
         cfg(&b, "site-c", &extra),
         "site-c".into(),
@@ -226,9 +228,9 @@ async fn hostile_inbound_messages_are_rejected_counted_dead_lettered_and_never_a
     let letters = store.dead_letters_inbound(10).expect("dead letters");
     let reasons: Vec<&str> = letters.iter().map(|l| l.reason.as_str()).collect();
     for expected in [
-        "not an audrey_format 1 JSON document",
+        "not an audrey_format 1 or 2 JSON document",
         "over the limit of 16777216 bytes",
-        "audrey_format 2 is not supported",
+        "audrey_format 3 is not supported",
         "origin site \"rogue-site\" is not in amqp.accept_origins",
     ] {
         assert!(

@@ -115,11 +115,17 @@ async fn published_messages_match_the_documented_wire_format() {
         (&params, 2, "params", 2),
     ] {
         assert_eq!(m["durable"], true, "{m}");
-        assert_eq!(
-            m["id"],
-            prop("string", json!(format!("site-a:{seq}"))),
-            "{m}"
+        // `site-a:<incarnation>:<seq>`, the incarnation 16 hex digits.
+        let id = m["id"]["value"].as_str().unwrap_or_default();
+        let incarnation = id
+            .strip_prefix("site-a:")
+            .and_then(|rest| rest.strip_suffix(&format!(":{seq}")))
+            .unwrap_or_else(|| panic!("message id {id:?}: {m}"));
+        assert!(
+            incarnation.len() == 16 && incarnation.chars().all(|c| c.is_ascii_hexdigit()),
+            "{id}"
         );
+        assert_eq!(m["id"]["type"], "string", "{m}");
         assert_eq!(
             m["subject"],
             prop("string", json!("audrey.federation.D1")),
@@ -131,9 +137,29 @@ async fn published_messages_match_the_documented_wire_format() {
             "{m}"
         );
         assert_eq!(m["body_type"], "bytes", "exactly one data section: {m}");
-        let props = &m["properties"];
+        let mut props = m["properties"].clone();
+        // Signed (docs/wire-format.md "Signatures"): the signature and the signer's chain.
+        for p in ["audrey_sig", "audrey_signer"] {
+            let v = props
+                .as_object_mut()
+                .and_then(|o| o.remove(p))
+                .unwrap_or_else(|| panic!("no {p}: {m}"));
+            assert_eq!(v["type"], "string", "{p}: {v}");
+        }
+        // The version (format 2): the incarnation of the message id, and a time.
+        let inc = props
+            .as_object_mut()
+            .and_then(|o| o.remove("incarnation"))
+            .unwrap_or_else(|| panic!("no incarnation: {m}"));
+        assert_eq!(inc, prop("string", json!(incarnation)));
+        let version_ms = props
+            .as_object_mut()
+            .and_then(|o| o.remove("version_ms"))
+            .unwrap_or_else(|| panic!("no version_ms: {m}"));
+        assert_eq!(version_ms["type"], "ulong", "{version_ms}");
+        let props = &props;
         let want = json!({
-            "audrey_format": prop("ubyte", json!(1)),
+            "audrey_format": prop("ubyte", json!(2)),
             "event_kind": prop("string", json!(kind)),
             "origin_site": prop("string", json!("site-a")),
             "deployment": prop("string", json!("D1")),
@@ -151,7 +177,9 @@ async fn published_messages_match_the_documented_wire_format() {
             [
                 "audrey_format",
                 "origin_site",
+                "incarnation",
                 "origin_seq",
+                "version_ms",
                 "instance_seq",
                 "api_version",
                 "instance",
@@ -163,7 +191,8 @@ async fn published_messages_match_the_documented_wire_format() {
             "body fields in the documented order: {text}"
         );
         let body: Value = serde_json::from_str(text).unwrap();
-        assert_eq!(body["audrey_format"], 1);
+        assert_eq!(body["audrey_format"], 2);
+        assert_eq!(body["incarnation"], incarnation);
         assert_eq!(
             (body["origin_seq"].as_u64(), body["instance_seq"].as_u64()),
             (Some(seq), Some(seq))
@@ -176,12 +205,18 @@ async fn published_messages_match_the_documented_wire_format() {
             "creation-time {created} is the capture time {captured}"
         );
     }
-    assert_eq!(
-        reg["body"]
-            .as_str()
-            .map(|b| serde_json::from_str::<Value>(b).unwrap()["event"]["secret"].clone()),
-        Some(json!("s3cret1"))
+    // Sealed (docs/wire-format.md "Sealed secrets"): neither the secret nor the XML that
+    // holds it crosses the broker in plaintext.
+    let reg_body = reg["body"].as_str().unwrap();
+    assert!(
+        !reg_body.contains("s3cret1"),
+        "plaintext secret: {reg_body}"
     );
+    let event: Value = serde_json::from_str::<Value>(reg_body).unwrap()["event"].clone();
+    for field in ["secret", "instance_config"] {
+        let v = event[field].as_str().unwrap_or_default();
+        assert!(v.starts_with("sealed:v1:"), "{field}: {v}");
+    }
     let event: Value = serde_json::from_str(params["body"].as_str().unwrap()).unwrap();
     assert_eq!(
         event["event"],

@@ -35,6 +35,8 @@ use crate::wire;
 /// How often an idle publisher looks at the outbox without being woken (held entries, missed
 /// wake-ups).
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// Replaced by this site's id in `amqp.routing_key_template` (optional).
+pub const SITE_PLACEHOLDER: &str = "{site}";
 /// Outbox entries read per store call.
 const BATCH: usize = 256;
 /// Unsettled sends in flight at once.
@@ -86,7 +88,15 @@ pub async fn run_publisher_with_drain(
     stop: CancellationToken,
 ) {
     let heartbeat_interval = cfg.heartbeat_interval;
+    let security = match crate::authn::WireSecurity::load(&cfg) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "publisher cannot start");
+            return;
+        }
+    };
     let mut publisher = Publisher {
+        security,
         cfg,
         site,
         store,
@@ -124,6 +134,8 @@ pub async fn run_publisher_with_drain(
 }
 
 struct Publisher {
+    /// Signs every message; seals registrations' secrets.
+    security: crate::authn::WireSecurity,
     cfg: AmqpConfig,
     site: String,
     store: Store,
@@ -255,20 +267,32 @@ impl Publisher {
             origin_site: self.site.clone(),
             sent_at_ms: now_ms(),
         };
-        let subject = wire::routing_key(&self.cfg.routing_key_template, wire::HEARTBEAT_DEPLOYMENT);
+        let subject = wire::routing_key(&self.template(), wire::HEARTBEAT_DEPLOYMENT);
         let ttl = heartbeat_ttl(self.heartbeat_interval);
-        let message = codec::to_message(&wire::encode_heartbeat_as(
-            &hb,
-            &subject,
-            ttl,
-            self.cfg.wire_format,
-        ));
+        let message = codec::to_message(
+            &self
+                .security
+                .sign(wire::encode_heartbeat_as(
+                    &hb,
+                    &subject,
+                    ttl,
+                    self.cfg.wire_format,
+                )),
+        );
         match tokio::time::timeout(SETTLE_TIMEOUT, sender.send_batchable(message)).await {
             // The broker's verdict is not awaited: dropping it leaves the send as it is.
             Ok(Ok(_outcome)) => tracing::trace!(sent_at_ms = hb.sent_at_ms, "heartbeat sent"),
             Ok(Err(e)) => tracing::debug!(error = %e, "heartbeat not sent; dropped"),
             Err(_) => tracing::debug!("heartbeat not sent (no link credit); dropped"),
         }
+    }
+
+    /// `amqp.routing_key_template` with `{site}` replaced by this site (docs/security.md: broker
+    /// topic permissions can then limit each site to routing keys naming itself).
+    fn template(&self) -> String {
+        self.cfg
+            .routing_key_template
+            .replace(SITE_PLACEHOLDER, &self.site)
     }
 
     /// True when the outbox has nothing at all (a store error counts as "something").
@@ -308,9 +332,19 @@ impl Publisher {
                     continue;
                 };
                 self.heartbeat_if_due(sender).await;
-                let subject = wire::routing_key(&self.cfg.routing_key_template, &deployment);
-                let message =
-                    codec::to_message(&wire::encode_as(&change, &subject, self.cfg.wire_format));
+                let subject = wire::routing_key(&self.template(), &deployment);
+                let wire_msg = match self
+                    .security
+                    .encode_change(&change, &subject, self.cfg.wire_format) {
+                    Ok(w) => w,
+                    Err(e) => {
+                        // Never sent in plaintext: kept in the outbox and tried again.
+                        tracing::error!(origin_seq = change.origin_seq, error = %e, "cannot seal a registration; kept in the outbox");
+                        held.push(change.origin_seq);
+                        continue;
+                    }
+                };
+                let message = codec::to_message(&wire_msg);
                 let fut = tokio::time::timeout(SETTLE_TIMEOUT, sender.send_batchable(message))
                     .await
                     .map_err(|_| no_answer("no link credit"))?

@@ -102,6 +102,8 @@ pub enum SubscribeError {
     Link(String),
     #[error("inbound dead letter: {0}")]
     Store(#[from] StoreError),
+    #[error("{0}")]
+    Authn(#[from] crate::authn::AuthnError),
 }
 
 /// The address the subscriber reads: `amqp.subscribe_address`, or in queue mode
@@ -124,7 +126,9 @@ pub async fn run_subscriber<H: ChangeHandler>(
     shutdown: CancellationToken,
 ) -> Result<(), SubscribeError> {
     let address = subscribe_address(&cfg, &site)?;
+    let security = crate::authn::WireSecurity::load(&cfg)?;
     let sub = Subscriber {
+        security,
         cfg,
         site,
         address,
@@ -145,6 +149,8 @@ pub async fn run_subscriber<H: ChangeHandler>(
 }
 
 struct Subscriber<H> {
+    /// Signature checks, sealed values, the clock-skew bound.
+    security: crate::authn::WireSecurity,
     cfg: AmqpConfig,
     site: String,
     address: String,
@@ -300,8 +306,19 @@ impl<H: ChangeHandler> Subscriber<H> {
         delivery: &InboundDelivery,
     ) -> Result<Option<(Order, Work)>, SubscribeError> {
         let message = delivery.message();
-        let decoded =
-            codec::from_message(message).and_then(|w| wire::decode_inbound(&w).map_err(Into::into));
+        // The signature is checked before the body is even decoded: nothing is kept for an
+        // origin (a store row, a map entry, a metric label) before it is verified.
+        let decoded = match codec::from_message(message) {
+            Ok(w) => match self.security.verify(&w) {
+                Ok(()) => wire::decode_inbound(&w).map_err(Into::into),
+                Err(refusal) => {
+                    self.refuse(receiver, delivery, refusal.to_string(), refusal.label())
+                        .await?;
+                    return Ok(None);
+                }
+            },
+            Err(e) => Err(e),
+        };
         let change = match decoded {
             Ok(Inbound::Change(change)) => change,
             Ok(Inbound::Heartbeat(hb)) if !self.accepts_origin(&hb.origin_site) => {
@@ -312,6 +329,14 @@ impl<H: ChangeHandler> Subscriber<H> {
                 return Ok(None);
             }
             Ok(Inbound::Heartbeat(hb)) => {
+                if let Err(reason) = self.security.check_time("heartbeat", hb.sent_at_ms) {
+                    // Rejected and counted, not dead-lettered: a skewed clock sends one every
+                    // few seconds, and a heartbeat carries nothing to retry.
+                    reject(receiver, delivery, &reason).await?;
+                    metrics::rejected(crate::authn::FUTURE_TIME);
+                    tracing::warn!(origin_site = %hb.origin_site, reason = %reason, label = crate::authn::FUTURE_TIME, "inbound heartbeat rejected");
+                    return Ok(None);
+                }
                 metrics::heartbeat_received(&hb.origin_site);
                 tracing::trace!(origin_site = %hb.origin_site, sent_at_ms = hb.sent_at_ms, "heartbeat");
                 // Alone, after everything before it: the origin's last-applied time must not
@@ -328,6 +353,19 @@ impl<H: ChangeHandler> Subscriber<H> {
             }
             Err(e) => {
                 self.refuse(receiver, delivery, e.to_string(), e.as_str())
+                    .await?;
+                return Ok(None);
+            }
+        };
+        if let Err(reason) = self.security.check_time("change", change.captured_at_ms) {
+            self.refuse(receiver, delivery, reason, crate::authn::FUTURE_TIME)
+                .await?;
+            return Ok(None);
+        }
+        let change = match self.security.open(change) {
+            Ok(change) => change,
+            Err(e) => {
+                self.refuse(receiver, delivery, e.to_string(), crate::authn::UNSEALABLE)
                     .await?;
                 return Ok(None);
             }
@@ -517,8 +555,9 @@ impl<H> Subscriber<H> {
         list.is_empty() || origin == self.site || list.iter().any(|o| o == origin)
     }
 
-    /// Keeps an invalid or refused message as an inbound dead letter, then rejects it at the
-    /// broker with `reason`, counts it under `label` and logs it. It is never applied.
+    /// Keeps a bounded summary of an invalid or refused message as an inbound dead letter
+    /// (its first [`DEAD_LETTER_KEEP`] bytes, its length and the reason), then rejects it at
+    /// the broker with `reason`, counts it under `label` and logs it. It is never applied.
     async fn refuse(
         &self,
         receiver: &Receiver,
@@ -526,14 +565,31 @@ impl<H> Subscriber<H> {
         reason: String,
         label: &'static str,
     ) -> Result<(), SubscribeError> {
-        self.store
-            .dead_letter_inbound(codec::raw_body(delivery.message()), &reason)
-            .await?;
+        let (kept, reason_kept) = summary(codec::raw_body(delivery.message()), &reason);
+        self.store.dead_letter_inbound(kept, &reason_kept).await?;
         reject(receiver, delivery, &reason).await?;
         metrics::rejected(label);
         tracing::warn!(reason = %reason, label, "inbound message rejected and dead-lettered");
         Ok(())
     }
+}
+
+/// Most bytes of a refused message's body kept in its inbound dead letter.
+pub const DEAD_LETTER_KEEP: usize = 1024;
+
+/// The bounded summary of a refused body: its first [`DEAD_LETTER_KEEP`] bytes, and the reason
+/// with the full length when it was cut.
+fn summary(mut body: Vec<u8>, reason: &str) -> (Vec<u8>, String) {
+    if body.len() <= DEAD_LETTER_KEEP {
+        return (body, reason.to_owned());
+    }
+    let len = body.len();
+    body.truncate(DEAD_LETTER_KEEP);
+    body.shrink_to_fit();
+    (
+        body,
+        format!("{reason} (body of {len} bytes; the first {DEAD_LETTER_KEEP} kept)"),
+    )
 }
 
 async fn reject(
@@ -617,6 +673,18 @@ mod tests {
         );
         lanes.finished(&Order::Alone);
         assert_eq!(start_all(&mut lanes), vec![4, 5]);
+    }
+
+    #[test]
+    fn a_refused_body_keeps_a_bounded_summary() {
+        let (kept, reason) = summary(vec![b'x'; 16 * 1024 * 1024 + 1], "too large");
+        assert_eq!(kept.len(), DEAD_LETTER_KEEP);
+        assert_eq!(
+            reason,
+            "too large (body of 16777217 bytes; the first 1024 kept)"
+        );
+        let (kept, reason) = summary(b"short".to_vec(), "bad");
+        assert_eq!((kept.as_slice(), reason.as_str()), (&b"short"[..], "bad"));
     }
 
     #[test]

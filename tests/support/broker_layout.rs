@@ -174,5 +174,5 @@ pub fn definitions(sites: &[&str]) -> serde_json::Value {
         );
     }
     json!({"vhosts": [{"name": "/"}], "users": users, "permissions": permissions,
-        "queues": queues, "exchanges": [], "bindings": bindings})
+        "queues": queues, "exchanges": [], "bindings": bindings, "topic_permissions": []})
 }

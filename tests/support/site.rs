@@ -35,14 +35,42 @@ pub fn mtls(amqps_url: &str, certs: &CertPaths, site: &str) -> String {
     )
 }
 
-/// The `[amqp]` lines with an explicit CA, client certificate and key.
+/// The `[amqp]` lines with an explicit CA, client certificate and key (which also signs), and
+/// the federation's seal key file beside the CA ([`seal_key_file`]).
 pub fn with_identity(amqps_url: &str, ca: &Path, cert: &Path, key: &Path) -> String {
     format!(
-        "url = \"{amqps_url}\"\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+        "url = \"{amqps_url}\"\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\nseal_key_file = \"{}\"\n",
         ca.display(),
         cert.display(),
-        key.display()
+        key.display(),
+        seal_key_file(ca).display()
     )
+}
+
+/// The federation's seal key file of the PKI whose CA is `ca` (`federation.seal` beside it),
+/// written with a fresh random key on first use: every site of a test shares it.
+pub fn seal_key_file(ca: &Path) -> PathBuf {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = ca.with_file_name("federation.seal");
+    // The key is made by the recipe of docs/security.md ("Sealed secrets").
+    let out = std::process::Command::new("sh")
+        .args(["-c", "printf 'k2026:%s\\n' \"$(openssl rand -base64 32)\""])
+        .output()
+        .expect("openssl rand");
+    assert!(out.status.success(), "openssl rand: {out:?}");
+    let line = String::from_utf8(out.stdout).expect("utf-8 key line");
+    // create_new: the first site of a test writes it, the others (and reruns) keep it.
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+    {
+        f.write_all(line.as_bytes())
+            .expect("write the seal key file");
+    }
+    path
 }
 
 impl Site {
