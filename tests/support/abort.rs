@@ -81,8 +81,7 @@ pub async fn put_params_and_leave(
         for (k, v) in &headers {
             req = req.header(k.as_str(), v.as_str());
         }
-        let answer = sender.send_request(req.body(Full::new(body))?);
-        tokio::pin!(answer);
+        let mut answer = Box::pin(sender.send_request(req.body(Full::new(body))?));
         // Drive the request out until the moment comes, then drop it: hyper resets the stream.
         tokio::select! {
             _ = &mut answer => anyhow::bail!("answered before the guest left"),
