@@ -111,7 +111,7 @@ async fn a_guest_that_leaves_while_the_server_is_busy_still_has_its_change_captu
     for (i, how) in Abort::ALL.into_iter().enumerate() {
         let value = format!("10.7.0.{i}");
         kept.push(report_and_leave(client.clone(), &proxy, &x, &value, how).await);
-        server_holds(&emulator, &x.uuid, &value, &format!("{how:?}"), String::new).await;
+        server_holds(&emulator, &x.uuid, &value, &format!("{how:?}"), || sc.log()).await;
         values.push(value);
     }
     // SIGTERM while the last answer may still be held: the drain waits for that capture.

@@ -524,3 +524,24 @@ async fn resends_after_the_link_is_cut_mid_window() {
     )
     .await;
 }
+
+/// Two sidecar processes consume one site's queue (an overlap during a rolling update, or a
+/// replica started by mistake): the broker hands them that site's deliveries in turn, so
+/// changes of one instance are applied out of order; successive reports set different names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the lead's state-based merge (issue 13 core)"]
+async fn deliveries_reordered_by_two_consumers_of_one_queue() {
+    let _turn = TURN.lock().await;
+    let wiring = Wiring {
+        second_consumer: Some(1),
+        ..Wiring::default()
+    };
+    schedule_shaped(
+        "reordered",
+        wiring,
+        120,
+        |s| Shape { names: true, ..s },
+        |fed, _| async move { fed },
+    )
+    .await;
+}

@@ -10,6 +10,11 @@
 //! a client that goes away (FIN, RST, an HTTP/2 stream reset, its own timeout) drops only
 //! its wait for the answer, never the capture of a change the server made (what nginx calls
 //! `proxy_ignore_client_abort`, for the capturing routes).
+//!
+//! Capturing exchanges of one instance (or deployment) take turns ([`Turns`]): the server
+//! applies them in the order the outbox records them, even when a guest sends its next report
+//! without waiting for the answer to the last (one it left). The server handles one request at
+//! a time anyway, so this costs other instances nothing.
 
 pub mod capture;
 pub mod error;
@@ -53,6 +58,33 @@ pub struct Proxy {
     wake: Arc<Notify>,
     /// The capturing exchanges in flight (see the module header); shutdown waits for them.
     captures: TaskTracker,
+    turns: Turns,
+}
+
+/// Striped per-instance turns for capturing exchanges: exchange and append under one lock.
+struct Turns([tokio::sync::Mutex<()>; Turns::STRIPES]);
+
+impl Turns {
+    const STRIPES: usize = 64;
+
+    fn new() -> Turns {
+        Turns(std::array::from_fn(|_| tokio::sync::Mutex::new(())))
+    }
+
+    /// The lock of the instance (or deployment) a capturing route changes.
+    fn of(&self, route: &Route) -> &tokio::sync::Mutex<()> {
+        use std::hash::{Hash as _, Hasher as _};
+        let key = match route {
+            Route::PutParams { instance, .. } | Route::PostConfigs { instance, .. } => {
+                instance.as_str()
+            }
+            Route::DeleteDeployment { deployment, .. } => deployment.as_str(),
+            Route::Other => "",
+        };
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        key.hash(&mut h);
+        &self.0[(h.finish() as usize) % Self::STRIPES]
+    }
 }
 
 impl Proxy {
@@ -76,6 +108,7 @@ impl Proxy {
             store,
             wake,
             captures,
+            turns: Turns::new(),
         })
     }
 
@@ -198,6 +231,7 @@ impl Proxy {
         req: Request<ProxyBody>,
         capture: crate::change::Capture,
     ) -> Result<Response<Incoming>, ProxyError> {
+        let _turn = self.turns.of(&route).lock().await;
         let resp = self.exchange(req).await?;
         if capture::captures_status(&route, resp.status()) {
             capture::commit(&self.store, capture).await?;

@@ -79,6 +79,10 @@ pub struct Wiring {
     /// Give every sidecar its server's storage (`proxy.upstream_storage_dir`), so one whose
     /// state directory was wiped learns the deployments of the instances registered before.
     pub learn: bool,
+    /// Start a second sidecar for this site (its own state directory, the same server and
+    /// broker queue, no guests): the broker hands the site's deliveries to both in turn, so
+    /// one instance's changes are applied by two processes in no particular order.
+    pub second_consumer: Option<usize>,
 }
 
 /// N running sites and what stands between them.
@@ -89,6 +93,8 @@ pub struct Federation {
     pub targets: Targets,
     pub server_proxy: Option<FaultProxy>,
     pub broker_relay: Option<Relay>,
+    /// The sidecars of [`Wiring::second_consumer`].
+    pub second: Vec<super::sidecar::Sidecar>,
     dir: Option<tempfile::TempDir>,
 }
 
@@ -164,7 +170,23 @@ impl Federation {
             logs.push(log);
         }
         let targets = Targets::of(&sites);
+        let mut second = Vec::new();
+        if let Some(i) = wiring.second_consumer {
+            let (from, to) = (
+                sites[i].dir.clone(),
+                dir.path().join(format!("{}-2", names[i])),
+            );
+            std::fs::create_dir_all(&to).unwrap();
+            let config = std::fs::read_to_string(from.join("config.toml"))
+                .unwrap()
+                .replace(
+                    &from.join("state").display().to_string(),
+                    &to.join("state").display().to_string(),
+                );
+            second.push(super::sidecar::Sidecar::start(&to, &config));
+        }
         Federation {
+            second,
             sites,
             names,
             logs,
@@ -609,6 +631,12 @@ pub async fn verify(fed: &mut Federation, h: &History, sampler: Sampler) -> Verd
         let status = tokio::task::block_in_place(|| s.sidecar.terminate());
         if !status.success() {
             v.problem(format!("{}: SIGTERM exit {status:?}", s.name));
+        }
+    }
+    for s in fed.second.iter_mut() {
+        let status = tokio::task::block_in_place(|| s.terminate());
+        if !status.success() {
+            v.problem(format!("second consumer: SIGTERM exit {status:?}"));
         }
     }
     v
