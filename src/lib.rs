@@ -89,11 +89,38 @@ pub async fn run(
         }
     })?;
     let wake = Arc::new(tokio::sync::Notify::new());
-    let proxy = proxy::Proxy::new(&config.proxy, upstream.clone(), store.clone(), wake.clone());
+    // Capturing exchanges run on tasks of their own, which no client can cancel.
+    let captures = TaskTracker::new();
+    let proxy = proxy::Proxy::new(
+        &config.proxy,
+        upstream.clone(),
+        store.clone(),
+        wake.clone(),
+        captures.clone(),
+    );
     let drain = config.shutdown.drain_timeout;
     // Fired at the drain deadline: what is still draining (the publisher) stops there.
     let deadline = CancellationToken::new();
     let tasks = TaskTracker::new();
+    // The publisher's drain starts once the proxy has stopped (its connections drained) and
+    // every capture in flight is recorded, so those are published before it stops.
+    let proxy_done = CancellationToken::new();
+    let publish_drain = CancellationToken::new();
+    {
+        let (shutdown, proxy_done, publish_drain, captures) = (
+            shutdown.clone(),
+            proxy_done.clone(),
+            publish_drain.clone(),
+            captures.clone(),
+        );
+        tasks.spawn(async move {
+            shutdown.cancelled().await;
+            proxy_done.cancelled().await;
+            captures.close();
+            captures.wait().await;
+            publish_drain.cancel();
+        });
+    }
     let links = match &config.amqp {
         None => {
             tracing::warn!(
@@ -102,7 +129,15 @@ pub async fn run(
             None
         }
         Some(amqp) => Some(start_federation(
-            &config, amqp, &upstream, &store, &wake, &tasks, &shutdown, &deadline,
+            &config,
+            amqp,
+            &upstream,
+            &store,
+            &wake,
+            &tasks,
+            &shutdown,
+            &publish_drain,
+            &deadline,
         )?),
     };
     let admin = Arc::new(admin::Admin {
@@ -125,7 +160,7 @@ pub async fn run(
         ));
     }
     let proxy_stop = shutdown.clone();
-    tasks.spawn(serve::serve(
+    let served = serve::serve(
         "proxy",
         listeners.proxy,
         tls,
@@ -137,7 +172,11 @@ pub async fn run(
             tls_handshake_timeout: config.proxy.tls_handshake_timeout,
             max_connections: config.proxy.max_connections,
         },
-    ));
+    );
+    tasks.spawn(async move {
+        served.await;
+        proxy_done.cancel();
+    });
     // The admin listener outlives the proxy's drain so probes keep answering.
     let admin_stop = CancellationToken::new();
     let admin_task = tokio::spawn(serve::serve(
@@ -176,6 +215,16 @@ pub async fn run(
             tracing::warn!("tasks still running 15 s after the drain deadline; exiting anyway");
         }
     }
+    // A capture in flight runs through the drain deadline: the server made the change, so
+    // it is recorded (bounded by the upstream timeout and the append).
+    captures.close();
+    let bound = config.proxy.upstream_timeout + std::time::Duration::from_secs(5);
+    if tokio::time::timeout(bound, captures.wait()).await.is_err() {
+        tracing::warn!(
+            in_flight = captures.len(),
+            "captures still in flight past proxy.upstream_timeout; exiting anyway"
+        );
+    }
     admin_stop.cancel();
     let _ = admin_task.await;
     tracing::info!("stopped");
@@ -183,8 +232,9 @@ pub async fn run(
 }
 
 /// Starts the publisher (outbox → broker), the subscriber (broker → replay → local server)
-/// and the timer that retries parked changes. On `shutdown` the publisher drains the outbox
-/// until `deadline`; the others stop taking new work. Answers the links' state, which the
+/// and the timer that retries parked changes. On `publish_drain` (after `shutdown`, once the
+/// proxy has stopped and its captures are recorded) the publisher drains the outbox until
+/// `deadline`; on `shutdown` the others stop taking new work. Answers the links' state, which the
 /// publisher and subscriber (run inside its scope) keep current.
 #[allow(clippy::too_many_arguments)]
 fn start_federation(
@@ -195,6 +245,7 @@ fn start_federation(
     wake: &Arc<tokio::sync::Notify>,
     tasks: &TaskTracker,
     shutdown: &CancellationToken,
+    publish_drain: &CancellationToken,
     deadline: &CancellationToken,
 ) -> Result<status::LinkStates, StartError> {
     // validate() guarantees both are set when [amqp] is.
@@ -230,7 +281,7 @@ fn start_federation(
         config.site.clone(),
         store.clone(),
         wake.clone(),
-        shutdown.clone(),
+        publish_drain.clone(),
         deadline.clone(),
     )));
     let handler = replay::ReplayHandler(replayer.clone());

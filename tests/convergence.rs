@@ -19,7 +19,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use support::broker;
-use support::checker::{verify, Federation, Knobs, Wiring};
+use support::checker::{verify, Federation, Knobs, Sampler, Wiring};
 use support::fault_proxy::Mode;
 use support::workload::{History, Shape, Workload};
 
@@ -31,6 +31,8 @@ fn shape(knobs: &Knobs, ops: usize) -> Shape {
         sites: SITES,
         ops: ops * knobs.scale,
         deployments: 4 * knobs.scale,
+        names: false,
+        leave_one_in: 0,
     }
 }
 
@@ -38,6 +40,20 @@ fn shape(knobs: &Knobs, ops: usize) -> Shape {
 /// prints the summary and asserts.
 async fn schedule<F, Fut>(name: &str, wiring: Wiring, ops: usize, faults: F)
 where
+    F: FnOnce(Federation, Knobs) -> Fut,
+    Fut: std::future::Future<Output = Federation>,
+{
+    schedule_shaped(name, wiring, ops, |s| s, faults).await
+}
+
+/// [`schedule`] with the workload's shape changed by `reshape`.
+async fn schedule_shaped<F, Fut>(
+    name: &str,
+    wiring: Wiring,
+    ops: usize,
+    reshape: fn(Shape) -> Shape,
+    faults: F,
+) where
     F: FnOnce(Federation, Knobs) -> Fut,
     Fut: std::future::Future<Output = Federation>,
 {
@@ -50,7 +66,8 @@ where
     let broker = shared.write().await;
     let started = Instant::now();
     let fed = Federation::start(&broker, &shared.certs, SITES, &wiring).await;
-    let mut workload = Workload::new(shape(&knobs, ops), fed.targets.clone(), name);
+    let mut workload = Workload::new(reshape(shape(&knobs, ops)), fed.targets.clone(), name);
+    let sampler = Sampler::start(&fed);
     let running = tokio::spawn(async move {
         workload.run().await;
         workload.history
@@ -61,7 +78,7 @@ where
     let mut fed = faults(fed, knobs).await;
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let history: History = running.await.expect("workload task");
-    let verdict = verify(&mut fed, &history).await;
+    let verdict = verify(&mut fed, &history, sampler).await;
     println!("{}", verdict.summary(name, &knobs, started.elapsed()));
     let kept = if verdict.clean() { None } else { fed.keep() };
     assert!(
@@ -72,7 +89,15 @@ where
         knobs.seed,
         verdict.problems
     );
-    assert_eq!((verdict.lost, verdict.duplicated), (0, 0));
+    assert_eq!(
+        (
+            verdict.lost,
+            verdict.duplicated,
+            verdict.backwards,
+            verdict.phantom
+        ),
+        (0, 0, 0, 0)
+    );
 }
 
 /// One test at a time in this binary (each runs a federation of its own).
@@ -387,5 +412,136 @@ async fn clock_skew_between_sites() {
         }
         fed
     })
+    .await;
+}
+
+/// Guests that leave right after sending (FIN or RST, one report in four) while one site's
+/// server holds its answers 100 ms (so the guest is gone while the server is busy): every
+/// value an origin server kept must reach every site.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guests_leaving_right_after_sending_lose_nothing() {
+    let _turn = TURN.lock().await;
+    let wiring = Wiring {
+        server_proxy: Some(0),
+        ..Wiring::default()
+    };
+    schedule_shaped(
+        "guests-leave",
+        wiring,
+        120,
+        |s| Shape {
+            names: true,
+            leave_one_in: 4,
+            ..s
+        },
+        |fed, knobs| async move {
+            let proxy = fed.server_proxy.as_ref().expect("fault proxy");
+            proxy.set(Mode::Hold(Duration::from_millis(100)));
+            fed.targets.after(120 * knobs.scale as u64).await;
+            proxy.set(Mode::Pass);
+            fed
+        },
+    )
+    .await;
+}
+
+/// Successive reports of an instance set different names, while sidecars are killed: a lost
+/// or overtaken older report shows as a name missing or stale at another site.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn successive_changes_with_different_names_while_sidecars_are_killed() {
+    let _turn = TURN.lock().await;
+    schedule_shaped(
+        "names-sidecar-sigkill",
+        Wiring::default(),
+        120,
+        |s| Shape { names: true, ..s },
+        |mut fed, knobs| async move {
+            let mut rng = StdRng::seed_from_u64(knobs.seed ^ 5);
+            for _ in 0..3 * knobs.scale {
+                fed.targets.after(rng.random_range(1..25)).await;
+                let i = rng.random_range(0..SITES);
+                fed.kill_and_restart(i);
+            }
+            fed
+        },
+    )
+    .await;
+}
+
+/// An origin whose state directory is wiped (its server keeps its data) and whose sidecar
+/// starts again: its new changes must still reach the other sites.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the lead's state-based merge (issue 13 core)"]
+async fn origin_state_directory_wiped_and_restarted() {
+    let _turn = TURN.lock().await;
+    let wiring = Wiring {
+        learn: true,
+        ..Wiring::default()
+    };
+    schedule_shaped(
+        "state-wiped",
+        wiring,
+        120,
+        |s| Shape { names: true, ..s },
+        |mut fed, knobs| async move {
+            let mut rng = StdRng::seed_from_u64(knobs.seed ^ 6);
+            for _ in 0..knobs.scale {
+                fed.targets.after(rng.random_range(20..40)).await;
+                fed.wipe_and_restart(0);
+            }
+            fed
+        },
+    )
+    .await;
+}
+
+/// The link between the busiest publisher and the broker is cut again and again while
+/// windows of changes are in flight, so the publisher resends entries after later ones of
+/// the same instance may have been taken; successive reports set different names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resends_after_the_link_is_cut_mid_window() {
+    let _turn = TURN.lock().await;
+    let wiring = Wiring {
+        broker_relay: Some(0),
+        ..Wiring::default()
+    };
+    schedule_shaped(
+        "resend-mid-window",
+        wiring,
+        120,
+        |s| Shape { names: true, ..s },
+        |fed, knobs| async move {
+            let relay = fed.broker_relay.as_ref().expect("broker relay");
+            let mut rng = StdRng::seed_from_u64(knobs.seed ^ 7);
+            for _ in 0..6 * knobs.scale {
+                fed.targets.after(rng.random_range(2..10)).await;
+                relay.down().await;
+                fed.targets.after(rng.random_range(1..5)).await;
+                relay.up();
+            }
+            fed
+        },
+    )
+    .await;
+}
+
+/// Two sidecar processes consume one site's queue (an overlap during a rolling update, or a
+/// replica started by mistake): the broker hands them that site's deliveries in turn, so
+/// changes of one instance are applied out of order; successive reports set different names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "passed on today's code at scale 1 (reordering by chance, not yet shown to lose); scripts/reliability runs it"]
+async fn deliveries_reordered_by_two_consumers_of_one_queue() {
+    let _turn = TURN.lock().await;
+    let wiring = Wiring {
+        second_consumer: Some(1),
+        ..Wiring::default()
+    };
+    schedule_shaped(
+        "reordered",
+        wiring,
+        120,
+        |s| Shape { names: true, ..s },
+        |fed, _| async move { fed },
+    )
     .await;
 }

@@ -4,6 +4,17 @@
 //! capturing request to the capture step before the client sees the answer. It must not
 //! wait on the broker (it only appends to the outbox) and must not change anything the
 //! upstream answered beyond hop-by-hop headers.
+//!
+//! Once a capturing request has been read and is sent to the upstream, the exchange and the
+//! durable append run on a task of their own (tracked, so the shutdown drain waits for it):
+//! a client that goes away (FIN, RST, an HTTP/2 stream reset, its own timeout) drops only
+//! its wait for the answer, never the capture of a change the server made (what nginx calls
+//! `proxy_ignore_client_abort`, for the capturing routes).
+//!
+//! Capturing exchanges of one instance (or deployment) take turns ([`Turns`]): the server
+//! applies them in the order the outbox records them, even when a guest sends its next report
+//! without waiting for the answer to the last (one it left). The server handles one request at
+//! a time anyway, so this costs other instances nothing.
 
 pub mod capture;
 pub mod error;
@@ -20,9 +31,10 @@ use http::{Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use tokio::sync::Notify;
+use tokio_util::task::TaskTracker;
 
 use crate::body::{boxed, ProxyBody};
-use crate::capture::route::{classify, route_class};
+use crate::capture::route::{classify, route_class, Route};
 use crate::config::ProxyConfig;
 use crate::serve::Peer;
 use crate::store::Store;
@@ -44,6 +56,35 @@ pub struct Proxy {
     store: Store,
     /// Woken after each durable append, so the publisher need not poll.
     wake: Arc<Notify>,
+    /// The capturing exchanges in flight (see the module header); shutdown waits for them.
+    captures: TaskTracker,
+    turns: Turns,
+}
+
+/// Striped per-instance turns for capturing exchanges: exchange and append under one lock.
+struct Turns([tokio::sync::Mutex<()>; Turns::STRIPES]);
+
+impl Turns {
+    const STRIPES: usize = 64;
+
+    fn new() -> Turns {
+        Turns(std::array::from_fn(|_| tokio::sync::Mutex::new(())))
+    }
+
+    /// The lock of the instance (or deployment) a capturing route changes.
+    fn of(&self, route: &Route) -> &tokio::sync::Mutex<()> {
+        use std::hash::{Hash as _, Hasher as _};
+        let key = match route {
+            Route::PutParams { instance, .. } | Route::PostConfigs { instance, .. } => {
+                instance.as_str()
+            }
+            Route::DeleteDeployment { deployment, .. } => deployment.as_str(),
+            Route::Other => "",
+        };
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        key.hash(&mut h);
+        &self.0[(h.finish() as usize) % Self::STRIPES]
+    }
 }
 
 impl Proxy {
@@ -53,6 +94,7 @@ impl Proxy {
         upstream: http::uri::Authority,
         store: Store,
         wake: Arc<Notify>,
+        captures: TaskTracker,
     ) -> Arc<Proxy> {
         Arc::new(Proxy {
             client: upstream::client(cfg.upstream_idle_timeout),
@@ -65,6 +107,8 @@ impl Proxy {
             restrict: Restrict::new(&cfg.restrict),
             store,
             wake,
+            captures,
+            turns: Turns::new(),
         })
     }
 
@@ -76,7 +120,7 @@ impl Proxy {
     ) -> Response<ProxyBody> {
         let started = Instant::now();
         let class = route_class(req.uri().path());
-        let resp = match self.forward(req, peer).await {
+        let resp = match self.clone().forward(req, peer).await {
             Ok(resp) => resp,
             Err(e) => e.into_response(&self.upstream_url),
         };
@@ -85,7 +129,7 @@ impl Proxy {
     }
 
     async fn forward(
-        &self,
+        self: Arc<Self>,
         req: Request<Incoming>,
         peer: Peer,
     ) -> Result<Response<ProxyBody>, ProxyError> {
@@ -145,25 +189,57 @@ impl Proxy {
         };
 
         let upstream_req = Request::from_parts(parts, body);
-        let resp = match tokio::time::timeout(self.timeout, self.client.request(upstream_req)).await
-        {
-            Err(_) => return Err(ProxyError::Timeout(self.timeout)),
-            Ok(Err(e)) => return Err(ProxyError::Upstream(e)),
-            Ok(Ok(resp)) => resp,
-        };
-
-        if let Some(c) = pending {
-            if capture::captures_status(&route, resp.status()) {
-                capture::commit(&self.store, c).await?;
-                self.wake.notify_one();
-            } else {
-                crate::metrics::capture_skipped("upstream_status");
+        let resp = match pending {
+            None => self.exchange(upstream_req).await?,
+            Some(c) => {
+                // From here on the client cannot cancel the capture: if it goes, this
+                // handler is dropped but the task runs on (bounded by the upstream timeout
+                // and the store's append).
+                let this = self.clone();
+                let task = self
+                    .captures
+                    .spawn(async move { this.exchange_and_capture(route, upstream_req, c).await });
+                match task.await {
+                    Ok(result) => result?,
+                    Err(e) => {
+                        tracing::error!(error = %e, "capture task failed");
+                        return Err(ProxyError::Store(format!("capture task failed: {e}")));
+                    }
+                }
             }
-        }
+        };
 
         let (mut parts, body) = resp.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers);
         Ok(Response::from_parts(parts, boxed(body)))
+    }
+
+    /// Sends a request upstream and waits (at most `proxy.upstream_timeout`) for its head.
+    async fn exchange(&self, req: Request<ProxyBody>) -> Result<Response<Incoming>, ProxyError> {
+        match tokio::time::timeout(self.timeout, self.client.request(req)).await {
+            Err(_) => Err(ProxyError::Timeout(self.timeout)),
+            Ok(Err(e)) => Err(ProxyError::Upstream(e)),
+            Ok(Ok(resp)) => Ok(resp),
+        }
+    }
+
+    /// [`Proxy::exchange`], then the durable append of `capture` if the status says the
+    /// change happened, then the publisher's wake-up. Runs on its own task.
+    async fn exchange_and_capture(
+        &self,
+        route: Route,
+        req: Request<ProxyBody>,
+        capture: crate::change::Capture,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let _turn = self.turns.of(&route).lock().await;
+        let resp = self.exchange(req).await?;
+        if capture::captures_status(&route, resp.status()) {
+            capture::commit(&self.store, capture).await?;
+            self.wake.notify_one();
+        } else {
+            crate::metrics::capture_skipped("upstream_status");
+        }
+        Ok(resp)
     }
 
     fn upstream_uri(&self, uri: &Uri) -> Result<Uri, ProxyError> {

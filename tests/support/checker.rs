@@ -1,17 +1,33 @@
 //! The convergence checker: N federated sites (emulated server + sidecar each, emulators
 //! writing `--request-log`) over a real broker, and the verdict on a [`History`] once the
-//! workload is done: at every site every registered instance is known, every last reported
-//! value is there, each instance's values were applied in order (never backwards), every
-//! acknowledged change was applied exactly once (none lost, none twice), nothing came back
-//! to its origin (the durable replay state, read once each sidecar is stopped).
+//! workload is done, measured on the servers only, never on the sidecars' counters or logs:
+//!
+//! - the servers' state: each site's storage (`instances/<uuid>/state.json`, the provided
+//!   parameters and their values), read during the run by a [`Sampler`] and at the end;
+//! - what each server applied, in order: its `--request-log` (the emulator's own record).
+//!
+//! Definitions (per instance whose registration was acknowledged, per provided name):
+//! - **lost**: a value the origin server holds at the end (its final state for that instance
+//!   and name) that another site's server does not hold at the end (another value, or none);
+//!   a registration another site's server never applied is lost too, and so is an
+//!   acknowledged deletion another site never applied;
+//! - **backwards**: a site's server holding an older value of a name than one it held before
+//!   (sampled during the run), or than the origin server's final one at the end; "older" is
+//!   the origin server's order (its request log: the value it applied earlier). At the
+//!   origin itself the order is its own (a guest that left does not order its next request);
+//! - **phantom**: a value at a site's server that its origin's server never held (never
+//!   applied, per its request log);
+//! - **duplicated**: a change a server applied twice, other than back to back (request log).
 //!
 //! Owns the federation's construction (optionally with an HTTP fault proxy before one site's
 //! server, a TCP relay between one site and the broker, or a wrapper command around one
 //! site's sidecar), reading the request logs and the servers' storage, and the one-line
 //! summary. It must not generate the workload (`workload.rs`) nor choose faults (the tests).
 
-use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::broker::{Broker, SHARED_SITES};
@@ -60,6 +76,13 @@ pub struct Wiring {
     pub wrapper: Option<(usize, Vec<String>)>,
     /// A second site run through a wrapper.
     pub wrapper2: Option<(usize, Vec<String>)>,
+    /// Give every sidecar its server's storage (`proxy.upstream_storage_dir`), so one whose
+    /// state directory was wiped learns the deployments of the instances registered before.
+    pub learn: bool,
+    /// Start a second sidecar for this site (its own state directory, the same server and
+    /// broker queue, no guests): the broker hands the site's deliveries to both in turn, so
+    /// one instance's changes are applied by two processes in no particular order.
+    pub second_consumer: Option<usize>,
 }
 
 /// N running sites and what stands between them.
@@ -70,6 +93,8 @@ pub struct Federation {
     pub targets: Targets,
     pub server_proxy: Option<FaultProxy>,
     pub broker_relay: Option<Relay>,
+    /// The sidecars of [`Wiring::second_consumer`].
+    pub second: Vec<super::sidecar::Sidecar>,
     dir: Option<tempfile::TempDir>,
 }
 
@@ -125,19 +150,43 @@ impl Federation {
                     .collect(),
                 None => Vec::new(),
             };
+            let proxy_extra = if wiring.learn {
+                format!(
+                    "upstream_storage_dir = \"{}\"",
+                    emulator.storage_dir().display()
+                )
+            } else {
+                String::new()
+            };
             sites.push(Site::launch_wrapped(
                 name,
                 &site::mtls(&url, certs, name),
                 &sdir,
                 emulator,
                 upstream,
-                "",
+                &proxy_extra,
                 &wrapper,
             ));
             logs.push(log);
         }
         let targets = Targets::of(&sites);
+        let mut second = Vec::new();
+        if let Some(i) = wiring.second_consumer {
+            let (from, to) = (
+                sites[i].dir.clone(),
+                dir.path().join(format!("{}-2", names[i])),
+            );
+            std::fs::create_dir_all(&to).unwrap();
+            let config = std::fs::read_to_string(from.join("config.toml"))
+                .unwrap()
+                .replace(
+                    &from.join("state").display().to_string(),
+                    &to.join("state").display().to_string(),
+                );
+            second.push(super::sidecar::Sidecar::start(&to, &config));
+        }
         Federation {
+            second,
             sites,
             names,
             logs,
@@ -158,6 +207,16 @@ impl Federation {
         self.sites[i].kill_and_restart_sidecar();
         self.targets.update(i, self.sites[i].sidecar.proxy);
     }
+
+    /// SIGKILL site `i`'s sidecar, remove its state directory (a pod rescheduled without its
+    /// volume; the server keeps its data) and start it again; guests follow it.
+    pub fn wipe_and_restart(&mut self, i: usize) {
+        let site = &mut self.sites[i];
+        site.sidecar.kill();
+        std::fs::remove_dir_all(site.dir.join("state")).expect("remove the state directory");
+        site.sidecar = super::sidecar::Sidecar::start_with(&site.dir, site.sidecar.config_path());
+        self.targets.update(i, site.sidecar.proxy);
+    }
 }
 
 /// What one site's server applied, from its request log, in order.
@@ -166,6 +225,11 @@ struct Applied {
     registrations: HashMap<String, u64>,
     reports: HashMap<String, Vec<u64>>,
     deletions: HashMap<String, u64>,
+    /// Every (name, value) a `PUT /params` of each instance set here.
+    held: HashMap<String, HashSet<(String, String)>>,
+    /// Per (instance, name, value): the position in this server's log of the last
+    /// `PUT /params` that set it (the order this server applied values in).
+    rank: HashMap<(String, String, String), usize>,
     total: u64,
 }
 
@@ -186,6 +250,16 @@ fn read_log(path: &PathBuf) -> Applied {
             (Some("POST"), Some("configs")) => *a.registrations.entry(last).or_default() += 1,
             (Some("DELETE"), Some("deployment")) => *a.deletions.entry(last).or_default() += 1,
             (Some("PUT"), Some("params")) => {
+                let held = a.held.entry(last.clone()).or_default();
+                for p in v["values"].as_array().into_iter().flatten() {
+                    if let (Some(k), Some(val)) = (p[0].as_str(), p[1].as_str()) {
+                        held.insert((k.to_owned(), val.to_owned()));
+                        a.rank.insert(
+                            (last.clone(), k.to_owned(), val.to_owned()),
+                            a.total as usize,
+                        );
+                    }
+                }
                 let n = v["values"]
                     .as_array()
                     .into_iter()
@@ -202,23 +276,118 @@ fn read_log(path: &PathBuf) -> Applied {
     a
 }
 
-/// The `n` an instance's server state holds, `None` when the instance is unknown there.
-fn stored_n(emulator: &Emulator, uuid: &str) -> Option<Option<u64>> {
-    let path = emulator
-        .storage_dir()
-        .join("instances")
-        .join(uuid)
-        .join("state.json");
+/// What a server holds for an instance (its provided names with a value), from its
+/// storage; `None` when the instance is unknown there.
+fn read_state(storage: &Path, uuid: &str) -> Option<BTreeMap<String, String>> {
+    let path = storage.join("instances").join(uuid).join("state.json");
     let state: serde_json::Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
     Some(
         state["provided"]
             .as_array()
             .into_iter()
             .flatten()
-            .find(|p| p[0] == "n")
-            .and_then(|p| p[1].as_str())
-            .and_then(|n| n.parse().ok()),
+            .filter_map(|p| Some((p[0].as_str()?.to_owned(), p[1].as_str()?.to_owned())))
+            .collect(),
     )
+}
+
+/// Every instance a server holds, with its values.
+fn read_states(storage: &Path) -> HashMap<String, BTreeMap<String, String>> {
+    let Ok(dir) = std::fs::read_dir(storage.join("instances")) else {
+        return HashMap::new();
+    };
+    dir.flatten()
+        .filter_map(|e| {
+            let uuid = e.file_name().to_str()?.to_owned();
+            let state = read_state(storage, &uuid)?;
+            Some((uuid, state))
+        })
+        .collect()
+}
+
+/// What every site's server held during the run, read every [`Sampler::EVERY`]: per site,
+/// instance and name, the values in the order they were seen (repeats folded).
+pub struct Sampler {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<Seen>,
+}
+
+type Seen = HashMap<(usize, String, String), Vec<String>>;
+
+impl Sampler {
+    /// How often the servers' storage is read.
+    const EVERY: Duration = Duration::from_millis(200);
+
+    pub fn start(fed: &Federation) -> Sampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let storages: Vec<PathBuf> = fed
+            .sites
+            .iter()
+            .map(|s| s.emulator.storage_dir().to_owned())
+            .collect();
+        let flag = stop.clone();
+        let task = tokio::spawn(async move {
+            let mut seen = Seen::new();
+            // Bounded: the workload and convergence are bounded well below an hour.
+            for _ in 0..(3_600_000 / Self::EVERY.as_millis() as u64) {
+                if flag.load(Ordering::SeqCst) {
+                    break;
+                }
+                for (s, storage) in storages.iter().enumerate() {
+                    let storage = storage.clone();
+                    let states = tokio::task::spawn_blocking(move || read_states(&storage))
+                        .await
+                        .unwrap_or_default();
+                    for (uuid, values) in states {
+                        for (name, value) in values {
+                            let seq = seen.entry((s, uuid.clone(), name)).or_default();
+                            if seq.last() != Some(&value) {
+                                seq.push(value);
+                            }
+                        }
+                    }
+                }
+                tokio::time::sleep(Self::EVERY).await;
+            }
+            seen
+        });
+        Sampler { stop, task }
+    }
+
+    /// Stops sampling and counts, at each site other than an instance's origin, each time its
+    /// server went from a value to one its origin's server had applied before that value
+    /// (`origin_of`: an instance's origin site; `logs`: each server's request log).
+    async fn backwards(
+        self,
+        origin_of: &HashMap<String, usize>,
+        logs: &[Applied],
+        names: &[String],
+    ) -> (u64, Vec<String>) {
+        self.stop.store(true, Ordering::SeqCst);
+        let seen = self.task.await.unwrap_or_default();
+        let (mut n, mut problems) = (0u64, Vec::new());
+        for ((s, uuid, name), values) in &seen {
+            let Some(&o) = origin_of.get(uuid) else {
+                continue;
+            };
+            if o == *s {
+                continue; // the origin's order is the order
+            }
+            let rank = |v: &String| logs[o].rank.get(&(uuid.clone(), name.clone(), v.clone()));
+            for w in values.windows(2) {
+                if let (Some(a), Some(b)) = (rank(&w[0]), rank(&w[1])) {
+                    if b < a {
+                        n += 1;
+                        problems.push(format!(
+                            "{}: {uuid} {name} moved back from {:?} to {:?} (sampled)",
+                            names[*s], w[0], w[1]
+                        ));
+                    }
+                }
+            }
+        }
+        (n, problems)
+    }
 }
 
 /// The checker's verdict.
@@ -291,6 +460,11 @@ impl Verdict {
 /// Compares the history with what every site's server applied and holds now.
 fn judge(fed: &Federation, h: &History) -> Verdict {
     let applied: Vec<Applied> = fed.logs.iter().map(read_log).collect();
+    let states: Vec<HashMap<String, BTreeMap<String, String>>> = fed
+        .sites
+        .iter()
+        .map(|s| read_states(s.emulator.storage_dir()))
+        .collect();
     let mut v = Verdict {
         issued: h.issued(),
         acked: h.acked(),
@@ -304,18 +478,15 @@ fn judge(fed: &Federation, h: &History) -> Verdict {
             h.gave_up, h.gave_up_ops
         ));
     }
+    let empty = HashSet::new();
     for x in &h.instances {
         let uuid = &x.xml.uuid;
         if !x.registrations.iter().any(|a| a.ok()) {
             continue;
         }
         let dep = &h.deployments[x.deployment];
-        let acked: Vec<u64> = x.reports.iter().filter(|a| a.ok()).map(|a| a.n).collect();
-        let home_ns = applied[x.home]
-            .reports
-            .get(uuid)
-            .cloned()
-            .unwrap_or_default();
+        let origin = states[x.home].get(uuid);
+        let ever_held = applied[x.home].held.get(uuid).unwrap_or(&empty);
         for (s, at) in applied.iter().enumerate() {
             let name = &fed.names[s];
             let home = s == x.home;
@@ -341,6 +512,8 @@ fn judge(fed: &Federation, h: &History) -> Verdict {
                     "{name}: registration of {uuid} applied {regs} times"
                 ));
             }
+            // Duplicates, from the server's own log of what it applied: a report (unique tag
+            // `n`) applied twice other than back to back.
             let mut ns = at.reports.get(uuid).cloned().unwrap_or_default();
             if !home {
                 // At the origin every attempt has its own tag: a repeat there is a duplicate.
@@ -357,39 +530,47 @@ fn judge(fed: &Federation, h: &History) -> Verdict {
                     v.duplicated += c - 1;
                     v.problem(format!("{name}: {uuid} report n={n} applied {c} times"));
                 }
-                if !home && !home_ns.contains(n) {
-                    v.phantom += 1;
-                    v.problem(format!("{name}: {uuid} n={n} applied, never at its origin"));
-                }
             }
-            for w in ns.windows(2) {
-                if w[1] < w[0] {
-                    v.backwards += 1;
-                    v.problem(format!(
-                        "{name}: {uuid} moved back from n={} to n={}",
-                        w[0], w[1]
-                    ));
-                }
-            }
-            for n in &acked {
-                if !counts.contains_key(n) {
-                    v.lost += 1;
-                    v.problem(format!("{name}: {uuid} acknowledged report n={n} missing"));
-                }
-            }
-            match (stored_n(&fed.sites[s].emulator, uuid), deleted) {
+            // The servers' final state.
+            let held = states[s].get(uuid);
+            match (held, deleted) {
                 (Some(_), true) => v.problem(format!(
                     "{name}: {uuid} still known after its deployment was deleted"
                 )),
                 (None, false) => v.problem(format!("{name}: {uuid} unknown")),
-                (Some(held), false) => {
-                    if let Some(last) = acked.last() {
-                        if held != Some(*last) {
-                            v.problem(format!("{name}: {uuid} holds n={held:?}, last is {last}"));
-                        }
+                _ => {}
+            }
+            if home || deleted {
+                continue;
+            }
+            let held = held.cloned().unwrap_or_default();
+            for (k, want) in origin.into_iter().flatten() {
+                let got = held.get(k);
+                if got == Some(want) {
+                    continue;
+                }
+                v.lost += 1;
+                v.problem(format!(
+                    "{name}: {uuid} {k} is {got:?}, its origin's server holds {want:?}"
+                ));
+                let rank = |val: &String| {
+                    applied[x.home]
+                        .rank
+                        .get(&(uuid.clone(), k.clone(), val.clone()))
+                };
+                if let (Some(g), Some(w)) = (got.and_then(rank), rank(want)) {
+                    if g < w {
+                        v.backwards += 1;
                     }
                 }
-                (None, true) => {}
+            }
+            for (k, val) in &held {
+                if !ever_held.contains(&(k.clone(), val.clone())) {
+                    v.phantom += 1;
+                    v.problem(format!(
+                        "{name}: {uuid} {k}={val:?}, never held at its origin's server"
+                    ));
+                }
             }
         }
     }
@@ -424,10 +605,10 @@ fn judge(fed: &Federation, h: &History) -> Verdict {
     v
 }
 
-/// Waits (at most [`CONVERGE_LIMIT`]) for a clean verdict, then stops every sidecar and
-/// checks the durable replay state: nothing of a site's own applied there (no echo), and
-/// per origin every change applied once (`applied == max_origin_seq`), the same everywhere.
-pub async fn verify(fed: &mut Federation, h: &History) -> Verdict {
+/// Waits (at most [`CONVERGE_LIMIT`]) for a clean verdict, adds what `sampler` saw going
+/// backwards during the run, then stops every sidecar (SIGTERM must exit 0). Nothing here
+/// reads a sidecar's own state or counters.
+pub async fn verify(fed: &mut Federation, h: &History, sampler: Sampler) -> Verdict {
     let start = Instant::now();
     let mut v = judge(fed, h);
     while !v.clean() && start.elapsed() < CONVERGE_LIMIT {
@@ -435,35 +616,27 @@ pub async fn verify(fed: &mut Federation, h: &History) -> Verdict {
         v = judge(fed, h);
     }
     v.converge_secs = start.elapsed().as_secs_f64();
-    let names: Vec<&str> = fed.names.iter().map(String::as_str).collect();
-    let mut states = Vec::new();
-    for s in fed.sites.iter_mut() {
-        states.push(s.stop_and_read_origins(&names).await);
+    let origin_of: HashMap<String, usize> = h
+        .instances
+        .iter()
+        .map(|x| (x.xml.uuid.clone(), x.home))
+        .collect();
+    let logs: Vec<Applied> = fed.logs.iter().map(read_log).collect();
+    let (backwards, problems) = sampler.backwards(&origin_of, &logs, &fed.names).await;
+    v.backwards += backwards;
+    for p in problems {
+        v.problem(p);
     }
-    for (o, origin) in names.iter().enumerate() {
-        let mut seen = None;
-        for (s, per_origin) in states.iter().enumerate() {
-            match (&per_origin[o], s == o) {
-                (Some(st), true) => {
-                    v.duplicated += st.applied;
-                    v.problem(format!(
-                        "{origin} applied {} of its own changes",
-                        st.applied
-                    ));
-                }
-                (Some(st), false) => {
-                    if st.applied != st.max_origin_seq {
-                        v.problem(format!(
-                            "{}: from {origin} applied {} of {} changes",
-                            names[s], st.applied, st.max_origin_seq
-                        ));
-                    }
-                    if *seen.get_or_insert(st.max_origin_seq) != st.max_origin_seq {
-                        v.problem(format!("{}: last change from {origin} differs", names[s]));
-                    }
-                }
-                (None, _) => {}
-            }
+    for s in fed.sites.iter_mut() {
+        let status = tokio::task::block_in_place(|| s.sidecar.terminate());
+        if !status.success() {
+            v.problem(format!("{}: SIGTERM exit {status:?}", s.name));
+        }
+    }
+    for s in fed.second.iter_mut() {
+        let status = tokio::task::block_in_place(|| s.terminate());
+        if !status.success() {
+            v.problem(format!("second consumer: SIGTERM exit {status:?}"));
         }
     }
     v

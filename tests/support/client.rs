@@ -234,6 +234,17 @@ impl Client {
 
     /// Signs `req` for this client's URL and sends it.
     pub async fn signed(&self, req: Signed) -> anyhow::Result<Response> {
+        let (method, path, headers, body) = self.sign(req);
+        let hs: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        self.send(&method, &path, &hs, body).await
+    }
+
+    /// Signs `req` for this client's URL: method, path and query, the request's headers
+    /// (not `Host` nor this client's own), body.
+    pub fn sign(&self, req: Signed) -> (String, String, Vec<(String, String)>, Bytes) {
         let mut path = req.path.clone();
         if !req.query.is_empty() {
             path = format!("{path}?{}", encode_pairs(&req.query));
@@ -267,11 +278,12 @@ impl Client {
             ));
             Bytes::from(encode_pairs(&form))
         };
-        let hs: Vec<(&str, &str)> = headers
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        self.send(&req.method, &path, &hs, body).await
+        (req.method, path, headers, body)
+    }
+
+    /// The target address.
+    pub fn target(&self) -> SocketAddr {
+        self.target
     }
 
     /// Conductor's `POST /configs/:v/:uuid` with `data=<xml>`.

@@ -1,13 +1,17 @@
 //! An HTTP fault proxy a test puts between a sidecar and its server: it passes requests on
-//! (one fresh connection per request), delays each by a set time, answers `500` itself
-//! without forwarding, or is "down" (connections are accepted and dropped unanswered). The
-//! mode can change at any time; a request already forwarded finishes in the mode it started.
+//! (one fresh connection per request), delays each by a set time, holds the server's answer
+//! for a set time (the server is busy: it has the request, its caller waits), answers `500`
+//! itself without forwarding, or is "down" (connections are accepted and dropped
+//! unanswered). The mode can change at any time; a request already forwarded finishes in the
+//! mode it started. Like thin, a request it has read whole is carried to the server whatever
+//! its caller does meanwhile (in [`Mode::Hold`]).
 //! It must not alter what it forwards (headers and `Host` untouched: the server's OAuth
 //! signatures cover them) and listens on loopback only.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
@@ -23,6 +27,9 @@ pub enum Mode {
     Pass,
     /// Wait this long, then forward.
     Slow(Duration),
+    /// Forward at once (on a task of its own: the server gets the request even if the caller
+    /// goes away), then hold the server's answer this long.
+    Hold(Duration),
     /// Answer `500 <h1>Internal Server Error</h1>` without forwarding.
     Error500,
     /// Drop every connection without an answer (and close the ones open).
@@ -34,6 +41,8 @@ pub struct FaultProxy {
     addr: SocketAddr,
     mode: Arc<watch::Sender<Mode>>,
     task: tokio::task::JoinHandle<()>,
+    /// Requests read whole (before they are forwarded or answered).
+    received: Arc<AtomicU64>,
 }
 
 impl FaultProxy {
@@ -42,6 +51,8 @@ impl FaultProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = watch::channel(Mode::Pass);
+        let received = Arc::new(AtomicU64::new(0));
+        let counter = received.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
@@ -53,8 +64,11 @@ impl FaultProxy {
                 }
                 let mut watch = rx.clone();
                 let modes = rx.clone();
+                let counter = counter.clone();
                 tokio::spawn(async move {
-                    let service = service_fn(move |req| forward(target, *modes.borrow(), req));
+                    let service = service_fn(move |req| {
+                        forward(target, *modes.borrow(), req, counter.clone())
+                    });
                     let conn = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service);
                     tokio::select! {
@@ -68,6 +82,7 @@ impl FaultProxy {
             addr,
             mode: Arc::new(tx),
             task,
+            received,
         }
     }
 
@@ -81,6 +96,24 @@ impl FaultProxy {
 
     pub fn mode(&self) -> Mode {
         *self.mode.borrow()
+    }
+
+    /// Requests read whole so far.
+    pub fn received(&self) -> u64 {
+        self.received.load(Ordering::SeqCst)
+    }
+
+    /// Waits until `n` requests were read whole (at most `limit`; panics past it).
+    pub async fn until_received(&self, n: u64, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while self.received() < n {
+            assert!(
+                Instant::now() < deadline,
+                "fault proxy: {} of {n} requests after {limit:?}",
+                self.received()
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
     }
 }
 
@@ -96,7 +129,24 @@ async fn forward(
     target: SocketAddr,
     mode: Mode,
     req: hyper::Request<Incoming>,
+    received: Arc<AtomicU64>,
 ) -> Result<Answer, String> {
+    if let Mode::Hold(d) = mode {
+        let (parts, body) = req.into_parts();
+        let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+        let req = hyper::Request::from_parts(parts, Full::new(body));
+        let sent = tokio::spawn(super::client::try_exchange(target, req));
+        received.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(d).await;
+        let (status, headers, body) = sent
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        let mut r = hyper::Response::new(Full::new(body));
+        *r.status_mut() = status;
+        *r.headers_mut() = headers;
+        return Ok(r);
+    }
     match mode {
         Mode::Down => return Err("down".into()),
         Mode::Error500 => {
@@ -107,10 +157,11 @@ async fn forward(
             return Ok(r);
         }
         Mode::Slow(d) => tokio::time::sleep(d).await,
-        Mode::Pass => {}
+        Mode::Pass | Mode::Hold(_) => {}
     }
     let (parts, body) = req.into_parts();
     let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+    received.fetch_add(1, Ordering::SeqCst);
     let req = hyper::Request::from_parts(parts, Full::new(body));
     let (status, headers, body) = super::client::try_exchange(target, req)
         .await

@@ -2,6 +2,7 @@
 //! test certificates, a small HTTP client, a TCP relay. Each test binary uses part of it.
 #![allow(dead_code)]
 
+pub mod abort;
 pub mod apache;
 pub mod broker;
 pub mod broker_layout;

@@ -4,7 +4,9 @@
 //! sender was told recorded in a [`History`].
 //!
 //! Each report carries a unique tag `n` (a provided parameter beside `ipaddress`), so every
-//! effect a server applied can be traced to exactly one request. A sender retries (with a new
+//! effect a server applied can be traced to exactly one request; with [`Shape::names`] it
+//! also sets one of several further names to its tag, a different one from report to
+//! report, and with [`Shape::leave_one_in`] some guests leave right after sending. A sender retries (with a new
 //! tag) until it is told 2xx, bounded in time, like a guest agent. The plan is drawn from the
 //! seed up front; one sender per site sends its part of it, the sites concurrently. Deletions only touch
 //! "local" deployments (every instance registered at the deleting site): the federation orders
@@ -19,6 +21,7 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use super::abort::{put_params_and_leave, Abort};
 use super::client::{audrey_data, Client, InstanceXml, Placement};
 use super::site::Site;
 
@@ -186,7 +189,16 @@ pub struct Shape {
     /// [`EXTRA`] times as many, paced) until [`Targets::stop`] is set.
     pub ops: usize,
     pub deployments: usize,
+    /// Each report also sets one of [`NAMES`] provided names (`p0`…) to its tag, a different
+    /// one from report to report: a lost older change shows as a name missing or stale.
+    pub names: bool,
+    /// One report in this many (0: none) is sent by a guest that leaves right after sending
+    /// (FIN or RST, at random), never told the answer and not retried.
+    pub leave_one_in: u32,
 }
+
+/// How many extra provided names an instance has with [`Shape::names`].
+pub const NAMES: usize = 4;
 
 /// How many times `Shape::ops` the plan holds for a workload that must outlast its faults.
 pub const EXTRA: usize = 20;
@@ -197,8 +209,9 @@ const PACE: Duration = Duration::from_millis(50);
 #[derive(Debug, Clone, Copy)]
 enum Op {
     Register(usize),
-    /// Report of an instance; `true`: the same address again.
-    Report(usize, bool),
+    /// Report of an instance: the same address again?, the extra name it sets
+    /// ([`Shape::names`]), how its guest leaves right after sending (not retried).
+    Report(usize, bool, Option<usize>, Option<Abort>),
     Delete(usize),
 }
 
@@ -232,7 +245,7 @@ impl Workload {
         let mut lanes: Vec<Vec<(bool, Op)>> = vec![Vec::new(); self.shape.sites];
         for (i, op) in ops.into_iter().enumerate() {
             let site = match op {
-                Op::Register(x) | Op::Report(x, _) => self.history.instances[x].home,
+                Op::Register(x) | Op::Report(x, ..) => self.history.instances[x].home,
                 Op::Delete(d) => self.history.deployments[d].home.unwrap_or(0),
             };
             lanes[site].push((i < base, op));
@@ -294,7 +307,18 @@ impl Workload {
             } else {
                 let members = &self.history.deployments[d].members;
                 let x = members[self.rng.random_range(0..members.len())];
-                ops.push(Op::Report(x, self.rng.random_range(0..4) == 0));
+                let repeat = self.rng.random_range(0..4) == 0;
+                let name = self.shape.names.then(|| self.rng.random_range(0..NAMES));
+                let leave = (self.shape.leave_one_in > 0
+                    && self.rng.random_range(0..self.shape.leave_one_in) == 0)
+                    .then(|| {
+                        if self.rng.random_bool(0.5) {
+                            Abort::Fin
+                        } else {
+                            Abort::Rst
+                        }
+                    });
+                ops.push(Op::Report(x, repeat, name, leave));
             }
         }
         (ops, base)
@@ -306,9 +330,14 @@ impl Workload {
         let home = dep
             .home
             .unwrap_or_else(|| self.rng.random_range(0..self.shape.sites));
-        let xml = InstanceXml::new(&format!("{}-I{k}", self.prefix), &dep.id, &format!("s{k}"))
+        let mut xml = InstanceXml::new(&format!("{}-I{k}", self.prefix), &dep.id, &format!("s{k}"))
             .provides("ipaddress")
             .provides("n");
+        if self.shape.names {
+            for j in 0..NAMES {
+                xml = xml.provides(&format!("p{j}"));
+            }
+        }
         self.history.deployments[d].members.push(k);
         self.history.instances.push(Instance {
             xml,
@@ -354,7 +383,7 @@ async fn send(op: Op, history: &tokio::sync::Mutex<History>, targets: &Targets) 
             }
             h.instances[x].registrations = attempts;
         }
-        Op::Report(x, repeat) => {
+        Op::Report(x, repeat, name, leave) => {
             let (home, uuid, secret, last) = {
                 let h = history.lock().await;
                 let i = &h.instances[x];
@@ -371,13 +400,37 @@ async fn send(op: Op, history: &tokio::sync::Mutex<History>, targets: &Targets) 
                 format!("10.{x}.{last}.1")
             };
             let first_n = last + 1;
+            let extra = name.map(|j| format!("p{j}"));
+            if let Some(how) = leave {
+                let n = first_n.to_string();
+                let mut pairs = vec![("ipaddress", address.as_str()), ("n", n.as_str())];
+                if let Some(k) = &extra {
+                    pairs.push((k.as_str(), n.as_str()));
+                }
+                let data = audrey_data(&pairs);
+                let c = targets.client(home);
+                let left =
+                    put_params_and_leave(&c, 2, &uuid, &secret, &data, how, std::future::ready(()))
+                        .await;
+                drop(left);
+                progress.fetch_add(1, Ordering::SeqCst);
+                history.lock().await.instances[x].reports.push(Attempt {
+                    n: first_n,
+                    status: None,
+                });
+                return;
+            }
             let mut attempts = retry(
                 progress,
                 |_, _| false,
                 |i| {
                     let c = targets.client(home);
                     let n = (first_n + i).to_string();
-                    let data = audrey_data(&[("ipaddress", &address), ("n", &n)]);
+                    let mut pairs = vec![("ipaddress", address.as_str()), ("n", n.as_str())];
+                    if let Some(k) = &extra {
+                        pairs.push((k.as_str(), n.as_str()));
+                    }
+                    let data = audrey_data(&pairs);
                     let (uuid, secret) = (uuid.clone(), secret.clone());
                     async move {
                         let r = c
