@@ -471,7 +471,6 @@ async fn successive_changes_with_different_names_while_sidecars_are_killed() {
 /// An origin whose state directory is wiped (its server keeps its data) and whose sidecar
 /// starts again: its new changes must still reach the other sites.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the lead's state-based merge (issue 13 core)"]
 async fn origin_state_directory_wiped_and_restarted() {
     let _turn = TURN.lock().await;
     let wiring = Wiring {
@@ -529,7 +528,6 @@ async fn resends_after_the_link_is_cut_mid_window() {
 /// replica started by mistake): the broker hands them that site's deliveries in turn, so
 /// changes of one instance are applied out of order; successive reports set different names.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "passed on today's code at scale 1 (reordering by chance, not yet shown to lose); scripts/reliability runs it"]
 async fn deliveries_reordered_by_two_consumers_of_one_queue() {
     let _turn = TURN.lock().await;
     let wiring = Wiring {

@@ -290,10 +290,9 @@ async fn publishes_in_order_to_every_site_with_the_documented_properties() {
             );
             assert_eq!(
                 p.message_id,
-                Some(fe2o3_amqp::types::messaging::MessageId::String(format!(
-                    "{origin}:{}",
-                    c.origin_seq
-                )))
+                Some(fe2o3_amqp::types::messaging::MessageId::String(
+                    c.message_id()
+                ))
             );
             assert_eq!(
                 p.content_type.as_ref().map(|s| s.0.as_str()),

@@ -63,6 +63,8 @@ async fn send(cfg: &AmqpConfig, messages: Vec<Message<Data>>) {
 fn params(origin: &str, seq: u64, ip: &str) -> WireMessage {
     let c = Change {
         origin_site: origin.to_owned(),
+        incarnation: "a1a1a1a1a1a1a1a1".into(),
+        version_ms: 0,
         origin_seq: seq,
         instance_seq: seq,
         api_version: 2,

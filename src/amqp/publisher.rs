@@ -269,16 +269,12 @@ impl Publisher {
         };
         let subject = wire::routing_key(&self.template(), wire::HEARTBEAT_DEPLOYMENT);
         let ttl = heartbeat_ttl(self.heartbeat_interval);
-        let message = codec::to_message(
-            &self
-                .security
-                .sign(wire::encode_heartbeat_as(
-                    &hb,
-                    &subject,
-                    ttl,
-                    self.cfg.wire_format,
-                )),
-        );
+        let message = codec::to_message(&self.security.sign(wire::encode_heartbeat_as(
+            &hb,
+            &subject,
+            ttl,
+            self.cfg.wire_format,
+        )));
         match tokio::time::timeout(SETTLE_TIMEOUT, sender.send_batchable(message)).await {
             // The broker's verdict is not awaited: dropping it leaves the send as it is.
             Ok(Ok(_outcome)) => tracing::trace!(sent_at_ms = hb.sent_at_ms, "heartbeat sent"),
@@ -333,9 +329,11 @@ impl Publisher {
                 };
                 self.heartbeat_if_due(sender).await;
                 let subject = wire::routing_key(&self.template(), &deployment);
-                let wire_msg = match self
-                    .security
-                    .encode_change(&change, &subject, self.cfg.wire_format) {
+                let wire_msg = match self.security.encode_change(
+                    &change,
+                    &subject,
+                    self.cfg.wire_format,
+                ) {
                     Ok(w) => w,
                     Err(e) => {
                         // Never sent in plaintext: kept in the outbox and tried again.

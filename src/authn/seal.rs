@@ -224,6 +224,8 @@ mod tests {
     fn registration() -> Change {
         Change {
             origin_site: "site-a".into(),
+            incarnation: "a1a1a1a1a1a1a1a1".into(),
+            version_ms: 0,
             origin_seq: 7,
             instance_seq: 1,
             api_version: 1,

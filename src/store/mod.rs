@@ -111,8 +111,7 @@ impl Store {
         // The store holds instance secrets: readable by this user alone, whatever the umask.
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
             .map_err(|e| StoreError::open(&path, format!("cannot make it mode 0600: {e}")))?;
-        let (snapshot, incarnation) =
-            create_tables(&db).map_err(|e| StoreError::open(&path, e))?;
+        let (snapshot, incarnation) = create_tables(&db).map_err(|e| StoreError::open(&path, e))?;
         let shared = Arc::new(Shared {
             path,
             dir: dir.to_owned(),

@@ -186,9 +186,14 @@ pub fn encode(change: &Change, subject: &str) -> WireMessage {
 }
 
 /// Encodes a change in `format` (one of [`FORMATS`]; 1 during a rolling upgrade, while some
-/// sites still read only 1: it leaves the incarnation and the version's time out).
+/// sites still read only 1: it leaves the incarnation and the version's time out). A change
+/// without an incarnation (one read from format 1) is always written as format 1.
 pub fn encode_as(change: &Change, subject: &str, format: u8) -> WireMessage {
-    let format = if format < 2 { 1 } else { FORMAT_VERSION };
+    let format = if format < 2 || change.incarnation.is_empty() {
+        1
+    } else {
+        FORMAT_VERSION
+    };
     let body = BodyV1::of(change, format);
     let kind = body.event.kind();
     let mut properties = vec![

@@ -496,13 +496,9 @@ fn judge(fed: &Federation, h: &History) -> Verdict {
                 dep.acked_deleted()
             };
             // Registrations: the origin's server got one per attempt that reached it; every
-            // other site's exactly one (a registration is replayed only when unknown).
+            // other site's at most as many (a re-registration is replayed to every site, once).
             let regs = at.registrations.get(uuid).copied().unwrap_or(0);
-            let most = if home {
-                x.registrations.len() as u64
-            } else {
-                1
-            };
+            let most = x.registrations.len() as u64;
             if regs == 0 {
                 v.lost += 1;
                 v.problem(format!("{name}: registration of {uuid} never applied"));
