@@ -307,10 +307,14 @@ async fn publishes_in_order_to_every_site_with_the_documented_properties() {
                 .as_ref()
                 .expect("application properties")
                 .0;
-            assert_eq!(ap.get("audrey_format"), Some(&SimpleValue::Ubyte(1)));
+            assert_eq!(ap.get("audrey_format"), Some(&SimpleValue::Ubyte(2)));
             assert_eq!(
                 ap.get("origin_seq"),
                 Some(&SimpleValue::Ulong(c.origin_seq))
+            );
+            assert_eq!(
+                ap.get("incarnation"),
+                Some(&SimpleValue::String(c.incarnation.clone()))
             );
             assert_eq!(
                 ap.get("deployment"),

@@ -47,6 +47,12 @@ fn run(cmd: &mut Command) -> String {
 /// `cargo deb --no-build --profile dev` over the binary this test run built: the `.deb`
 /// (the `-dbgsym.ddeb` lies beside it).
 fn build_deb(out: &Path) -> PathBuf {
+    // cargo-deb stages (and strips) the binary in one shared `target/audrey-federation/`:
+    // two tests packing at once corrupt each other's copy (seen as a FLAKY objcopy failure).
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _turn = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let cargo_deb = tool("cargo-deb").expect("cargo-deb not found: run scripts/install-deps");
     // Cargo builds the binary for integration tests; cargo-deb only packs it.
     assert!(Path::new(env!("CARGO_BIN_EXE_audrey-federation")).exists());
