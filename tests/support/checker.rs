@@ -230,6 +230,9 @@ struct Applied {
     /// Per (instance, name, value): the position in this server's log of the last
     /// `PUT /params` that set it (the order this server applied values in).
     rank: HashMap<(String, String, String), usize>,
+    /// Every position at which the server applied `(instance, name, value)`, in order (a
+    /// value may be applied again later: a guest reporting it twice).
+    positions: HashMap<(String, String, String), Vec<usize>>,
     total: u64,
 }
 
@@ -258,6 +261,10 @@ fn read_log(path: &PathBuf) -> Applied {
                             (last.clone(), k.to_owned(), val.to_owned()),
                             a.total as usize,
                         );
+                        a.positions
+                            .entry((last.clone(), k.to_owned(), val.to_owned()))
+                            .or_default()
+                            .push(a.total as usize);
                     }
                 }
                 let n = v["values"]
@@ -373,15 +380,27 @@ impl Sampler {
             if o == *s {
                 continue; // the origin's order is the order
             }
-            let rank = |v: &String| logs[o].rank.get(&(uuid.clone(), name.clone(), v.clone()));
-            for w in values.windows(2) {
-                if let (Some(a), Some(b)) = (rank(&w[0]), rank(&w[1])) {
-                    if b < a {
+            // Follow the origin's log: each value seen must have been applied by the origin
+            // at or after the position of the value seen before it.
+            let positions = |v: &String| {
+                logs[o]
+                    .positions
+                    .get(&(uuid.clone(), name.clone(), v.clone()))
+            };
+            let mut cursor: Option<usize> = None;
+            for (i, v) in values.iter().enumerate() {
+                let Some(at) = positions(v) else { continue };
+                let next = at.iter().copied().find(|&p| cursor.is_none_or(|c| p >= c));
+                match next {
+                    Some(p) => cursor = Some(p),
+                    None => {
                         n += 1;
                         problems.push(format!(
-                            "{}: {uuid} {name} moved back from {:?} to {:?} (sampled)",
-                            names[*s], w[0], w[1]
+                            "{}: {uuid} {name} moved back from {:?} to {v:?} (sampled)",
+                            names[*s],
+                            values[i.saturating_sub(1)]
                         ));
+                        cursor = at.last().copied();
                     }
                 }
             }
