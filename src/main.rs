@@ -260,7 +260,7 @@ The configuration (TOML; unknown keys are refused, each error names its key). Th
 copy is commented key by key.
 .TP
 \fI/var/lib/audrey-federation/\fR
-State: the outbox, replay high-water marks, parked changes and dead letters (redb). Back it up
+State: the outbox, the versioned state of other sites' instances, parked changes and dead letters (redb). Back it up
 with the service stopped; never share it between two running sidecars.
 .TP
 \fI/usr/lib/systemd/system/audrey-federation.service\fR

@@ -1,15 +1,17 @@
-//! The replay engine: applies a change captured at another site to the LOCAL Config Server,
-//! exactly once in effect and in per-instance order.
+//! The replay engine: merges a change captured at another site into what the LOCAL Config
+//! Server holds, so that order, duplicates and replays can neither lose nor roll back a value.
 //!
-//! Owns the decision for each inbound change (own origin, duplicate, apply, park, dead
-//! letter), the recent message-id cache, the per-instance lanes that keep one instance's
-//! changes in order, and the replay metrics and logs. Every [`Outcome`] is durable in the
+//! Owns the decision for each inbound change (own origin, nothing newer, apply, park, dead
+//! letter), the recent message-id cache, the per-instance lanes that serialise one
+//! instance's read-modify-write of its state, origin incarnations, the bounded retries of
+//! refused changes, and the replay metrics and logs. Every [`Outcome`] is durable in the
 //! store before [`Replayer::apply`] returns, so the caller may then settle the AMQP message;
 //! a [`ReplayError`] means "nothing settled, retry the same change later".
 //!
 //! It must not talk to the broker or go through the proxy (replays go straight to the
 //! server, so they are never captured again), and it must never re-POST a registration the
-//! local server already has (that wipes reported values). Requests live in `http.rs`, the
+//! local server already has unless it is a newer registration of one registered here (the
+//! POST wipes reported values; `apply.rs` puts the newer ones back). Requests live in `http.rs`, the
 //! per-kind rules in `apply.rs`, parked changes in `parked.rs`.
 
 mod apply;

@@ -7,7 +7,7 @@
 //!
 //! Deletions forget nothing: a `DELETE /deployment` keeps the instances' sequence counters
 //! and their deployment mapping. Counters must never restart for an uuid (another site's
-//! high-water mark would silently drop a re-registered instance's changes), and a params
+//! merge would take a re-registered instance's new changes for old ones within an incarnation), and a params
 //! change racing a deletion still needs its deployment to reach the right topic. The cost is
 //! a few bytes per instance ever seen.
 

@@ -23,7 +23,7 @@ pub(crate) const MAX_BATCH: usize = 1024;
 /// Requests that may wait for the writer before senders wait (asynchronously) for room.
 pub(crate) const QUEUE: usize = 8192;
 /// Page cache of the database, bytes. The hot set is small (the outbox's tail and head, the
-/// uuid -> deployment map, one high-water mark per origin); a larger cache only fills with
+/// uuid -> deployment map, the instance states being merged); a larger cache only fills with
 /// pages of an outbox that grows while the broker is away, and shows as resident memory
 /// (BENCHMARKS.md: 32 MiB took the sidecar to 68 MiB under load).
 const CACHE_BYTES: usize = 8 * 1024 * 1024;
