@@ -12,15 +12,21 @@ use support::site::{mtls, Site};
 
 static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-#[tokio::test]
-async fn a_format_1_site_and_a_format_2_site_federate_both_ways() {
-    let _turn = TURN.lock().await;
+/// A RabbitMQ node (mutual TLS) with the queues of site-a and site-b, and their certificates.
+fn two_site_broker() -> (Broker, support::certs::CertPaths) {
     let names = ["site-a", "site-b"];
     let certs = support::certs::generate(&names);
     let broker = Broker::start(BrokerOptions {
         sites: &names,
         certs: &certs,
     });
+    (broker, certs)
+}
+
+#[tokio::test]
+async fn a_format_1_site_and_a_format_2_site_federate_both_ways() {
+    let _turn = TURN.lock().await;
+    let (broker, certs) = two_site_broker();
     let dir = tempfile::tempdir().unwrap();
     let url = broker.amqps_url();
     // Site A has not switched its writer yet: it publishes format 1.
@@ -52,12 +58,7 @@ async fn a_format_1_site_and_a_format_2_site_federate_both_ways() {
 #[tokio::test]
 async fn an_origin_that_lost_its_state_directory_still_reaches_the_others() {
     let _turn = TURN.lock().await;
-    let names = ["site-a", "site-b"];
-    let certs = support::certs::generate(&names);
-    let broker = Broker::start(BrokerOptions {
-        sites: &names,
-        certs: &certs,
-    });
+    let (broker, certs) = two_site_broker();
     let dir = tempfile::tempdir().unwrap();
     let url = broker.amqps_url();
     // A reads its server's storage, as the docs advise, so that it can learn again which

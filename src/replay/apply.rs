@@ -263,7 +263,8 @@ impl Replayer {
                 .unwrap_or_default();
             return self.superseded(change, &by, from_parked).await;
         }
-        if !from_parked {
+        // A scan of the parked table: only when anything is parked (not on every change).
+        if !from_parked && self.store.parked_count() > 0 {
             let id = change.message_id();
             if self
                 .store

@@ -210,28 +210,25 @@ impl Store {
         &self,
         deployment: &str,
     ) -> Result<Vec<(String, InstanceState)>, StoreError> {
-        self.read(|txn| {
-            let table = txn.open_table(tables::INSTANCE_STATE).rd()?;
-            let mut out = Vec::new();
-            for entry in table.iter().rd()? {
-                let (key, value) = entry.rd()?;
-                let state: InstanceState =
-                    tables::decode("instance_state", key.value(), value.value())?;
-                if state
-                    .registration
-                    .as_ref()
-                    .is_some_and(|r| r.deployment == deployment)
-                {
-                    out.push((key.value().to_owned(), state));
-                }
-            }
-            Ok(out)
+        self.instance_states_where(|state| {
+            state
+                .registration
+                .as_ref()
+                .is_some_and(|r| r.deployment == deployment)
         })
     }
 
     /// The federated instances with a repair left to do (a registration to POST again, or
     /// values to PUT back after one).
     pub fn instances_to_repair(&self) -> Result<Vec<(String, InstanceState)>, StoreError> {
+        self.instance_states_where(|state| state.repost || state.reapply)
+    }
+
+    /// The instance states that `keep` selects, by uuid (one read transaction, a full scan).
+    fn instance_states_where(
+        &self,
+        keep: impl Fn(&InstanceState) -> bool,
+    ) -> Result<Vec<(String, InstanceState)>, StoreError> {
         self.read(|txn| {
             let table = txn.open_table(tables::INSTANCE_STATE).rd()?;
             let mut out = Vec::new();
@@ -239,7 +236,7 @@ impl Store {
                 let (key, value) = entry.rd()?;
                 let state: InstanceState =
                     tables::decode("instance_state", key.value(), value.value())?;
-                if state.repost || state.reapply {
+                if keep(&state) {
                     out.push((key.value().to_owned(), state));
                 }
             }
